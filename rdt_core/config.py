@@ -1,0 +1,149 @@
+"""Typed experiment configuration: data, model and training, with defaults and dotted overrides.
+
+Every key is declared here with its type and range, and an unknown key is an error: a typo in a sweep
+spec must stop the sweep before it starts, not silently train the default. Validation errors are raised
+as :class:`ConfigError` carrying the dotted key at fault (``train.lr``), so that the command line can
+print one line naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """Invalid configuration: ``key`` is the dotted path of the value at fault."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.message = message
+
+
+class StrictModel(BaseModel):
+    """Base for config sections: unknown keys are rejected, instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(StrictModel):
+    """The permutation knowledge graph and its query splits."""
+
+    n_entities: int = Field(32, ge=2, description="entities in the graph")
+    n_relations: int = Field(4, ge=1, description="relations; each is a random permutation")
+    inferred_ratio: float = Field(
+        3.0, ge=0.0, description="phi: trained 2-hop queries per atomic fact"
+    )
+    n_test_queries: int = Field(128, ge=1, description="held-out 2-hop test queries")
+    seed: int = Field(0, ge=0, description="seed of the graph and its splits")
+
+
+class ModelConfig(StrictModel):
+    """The recurrent-depth transformer: prelude -> core looped R times -> coda -> tied readout."""
+
+    d_model: int = Field(64, ge=8)
+    n_heads: int = Field(2, ge=1)
+    mlp_ratio: int = Field(4, ge=1)
+    # No prelude by default: the looped core then reads raw entity embeddings, the same form in which it
+    # writes the bridge entity, so one lookup circuit serves every hop (measured: with one prelude layer
+    # the default graph stayed near chance on held-out 2-hop queries after 3,000 steps; without, ~90%).
+    n_prelude_layers: int = Field(0, ge=0)
+    n_core_layers: int = Field(1, ge=1)
+    n_coda_layers: int = Field(0, ge=0)
+    max_loops: int = Field(8, ge=1, description="loops of the per-loop readout at evaluation")
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> "ModelConfig":
+        head_dim, remainder = divmod(self.d_model, self.n_heads)
+        if remainder or head_dim % 2:
+            raise ValueError(
+                f"d_model ({self.d_model}) must be n_heads ({self.n_heads}) times an even head size"
+            )
+        return self
+
+
+class TrainConfig(StrictModel):
+    """AdamW on batches sampled from on-device tensors; evaluation every ``eval_every`` steps."""
+
+    steps: int = Field(2000, ge=1, description="optimizer steps")
+    batch_size: int = Field(128, ge=1, description="global batch, split across data-parallel workers")
+    lr: float = Field(3e-3, gt=0.0, le=1.0)
+    weight_decay: float = Field(1.0, ge=0.0, description="strong decay speeds up generalization")
+    warmup_steps: int = Field(50, ge=0)
+    grad_clip: float = Field(1.0, gt=0.0)
+    train_loops: int = Field(4, ge=1, description="R: loops of the core during training")
+    eval_every: int = Field(250, ge=1, description="steps between evaluations")
+    seed: int = Field(0, ge=0, description="seed of initialisation and batch sampling")
+
+
+class ExperimentConfig(StrictModel):
+    """One training run: everything ``train_worker`` needs."""
+
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="after")
+    def _loops_within_readout(self) -> "ExperimentConfig":
+        if self.train.train_loops > self.model.max_loops:
+            raise ValueError(
+                f"train.train_loops ({self.train.train_loops}) exceeds "
+                f"model.max_loops ({self.model.max_loops})"
+            )
+        return self
+
+    @classmethod
+    def from_dict(
+        cls, values: Mapping[str, Any] | None, overrides: Mapping[str, Any] | None = None
+    ) -> "ExperimentConfig":
+        """Validate ``values`` (nested) after applying ``overrides`` (dotted keys)."""
+        merged = copy.deepcopy(dict(values or {}))
+        for dotted_key, value in (overrides or {}).items():
+            set_dotted(merged, dotted_key, value)
+        try:
+            return cls.model_validate(merged)
+        except ValidationError as error:
+            raise config_error_from(error) from None
+
+    def to_flat_dict(self) -> dict[str, Any]:
+        """``{"train.lr": 0.001, ...}``: the form logged as MLflow parameters."""
+        return flatten(self.model_dump())
+
+
+def set_dotted(target: dict[str, Any], dotted_key: str, value: Any) -> None:
+    """Set ``target["a"]["b"] = value`` for ``dotted_key == "a.b"``, creating sections as needed."""
+    *sections, leaf = dotted_key.split(".")
+    node = target
+    for depth, section in enumerate(sections):
+        child = node.setdefault(section, {})
+        if not isinstance(child, dict):
+            raise ConfigError(".".join(sections[: depth + 1]), "is a value, not a section")
+        node = child
+    node[leaf] = value
+
+
+def flatten(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    flat: dict[str, Any] = {}
+    for key, value in nested.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def config_error_from(error: ValidationError, prefix: str = "") -> ConfigError:
+    """The first pydantic error as a :class:`ConfigError` with its dotted key and a short message."""
+    first = error.errors()[0]
+    key = prefix + ".".join(str(part) for part in first["loc"])
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif "input" in first and first["type"] != "missing" and not isinstance(first["input"], dict):
+        message = f"{message} (got {first['input']!r})"
+    return ConfigError(key.rstrip(".") or "(top level)", message.removeprefix("Value error, "))

@@ -1,0 +1,7 @@
+"""Synthetic knowledge graphs and their query splits (no Ray, no MLflow here)."""
+
+from rdt_core.data.kg import KnowledgeGraph
+from rdt_core.data.queries import QuerySet, Splits, build_splits
+from rdt_core.data.tokens import Vocabulary
+
+__all__ = ["KnowledgeGraph", "QuerySet", "Splits", "Vocabulary", "build_splits"]

@@ -1,0 +1,118 @@
+"""MLflow tracking of a sweep: one parent run per sweep, one nested child run per trial.
+
+All writes happen in the sweep's driver process, through a Ray Tune callback that sees every trial's
+results: one writer per store, which a SQLite backend needs, and no MLflow credentials on the workers.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Mapping
+
+from mlflow.entities import Metric, Param, RunStatus
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from ray import tune
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
+
+
+def resolve_tracking_uri(spec_uri: str | None) -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else the spec's ``tracking_uri``, else a local SQLite file."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or spec_uri or DEFAULT_TRACKING_URI
+
+
+def metrics_of(result: Mapping[str, Any]) -> dict[str, float]:
+    """The metrics ``train_worker`` reported, without Tune's bookkeeping (``training_iteration``, ...).
+
+    Ours are the numeric keys with a ``/`` in the name, and the learning rate.
+    """
+    return {
+        key: float(value)
+        for key, value in result.items()
+        if ("/" in key or key == "lr")
+        and isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and key != "config"
+    }
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class SweepTracker:
+    """Owns the parent run of one sweep and creates, fills and closes its child runs."""
+
+    def __init__(self, tracking_uri: str, experiment_name: str):
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri)
+        experiment = self.client.get_experiment_by_name(experiment_name)
+        self.experiment_id = (
+            experiment.experiment_id
+            if experiment is not None
+            else self.client.create_experiment(experiment_name)
+        )
+        self.parent_run_id: str | None = None
+
+    def start_parent(self, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=dict(tags))
+        self.parent_run_id = run.info.run_id
+        self.log_params(self.parent_run_id, params)
+        return self.parent_run_id
+
+    def start_child(self, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=run_name,
+            tags={MLFLOW_PARENT_RUN_ID: self.parent_run_id, **tags},
+        )
+        self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        items = [Param(key, str(value)) for key, value in params.items()]
+        for start in range(0, len(items), 100):  # MLflow's limit of params per batch
+            self.client.log_batch(run_id, params=items[start : start + 100])
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
+        timestamp = now_ms()
+        items = [Metric(key, value, timestamp, step) for key, value in metrics.items()]
+        for start in range(0, len(items), MAX_METRICS_PER_BATCH):
+            self.client.log_batch(run_id, metrics=items[start : start + MAX_METRICS_PER_BATCH])
+
+    def finish(self, run_id: str, succeeded: bool) -> None:
+        status = RunStatus.to_string(RunStatus.FINISHED if succeeded else RunStatus.FAILED)
+        self.client.set_terminated(run_id, status=status)
+
+
+class MlflowTrialCallback(tune.Callback):
+    """Mirrors every Tune trial into a child run of the sweep's parent run.
+
+    Child runs are named ``<sweep>-<n>`` in the order trials start: deterministic for a seeded sampler.
+    """
+
+    def __init__(self, tracker: SweepTracker, sweep_name: str):
+        self.tracker = tracker
+        self.sweep_name = sweep_name
+        self.run_id_by_trial: dict[str, str] = {}
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if trial.trial_id in self.run_id_by_trial:  # a restarted trial keeps its run
+            return
+        run_name = f"{self.sweep_name}-{len(self.run_id_by_trial):03d}"
+        self.run_id_by_trial[trial.trial_id] = self.tracker.start_child(
+            run_name, params=trial.config, tags={"ray.trial_id": trial.trial_id}
+        )
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        run_id = self.run_id_by_trial[trial.trial_id]
+        self.tracker.log_metrics(run_id, metrics_of(result), step=int(result.get("step", iteration)))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.tracker.finish(self.run_id_by_trial[trial.trial_id], succeeded=True)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.tracker.finish(self.run_id_by_trial[trial.trial_id], succeeded=False)
