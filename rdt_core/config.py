@@ -137,10 +137,14 @@ def flatten(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def config_error_from(error: ValidationError, prefix: str = "") -> ConfigError:
-    """The first pydantic error as a :class:`ConfigError` with its dotted key and a short message."""
+def config_error_from(error: ValidationError, hidden_loc_parts: frozenset[str] = frozenset()) -> ConfigError:
+    """The first pydantic error as a :class:`ConfigError` with its dotted key and a short message.
+
+    ``hidden_loc_parts`` are dropped from the key: pydantic puts the tag of a tagged union into the
+    location (``search_space.train.lr.float``), which is no key a user wrote.
+    """
     first = error.errors()[0]
-    key = prefix + ".".join(str(part) for part in first["loc"])
+    key = ".".join(str(part) for part in first["loc"] if part not in hidden_loc_parts)
     message = first["msg"]
     if first["type"] == "extra_forbidden":
         message = "unknown key"

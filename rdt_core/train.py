@@ -30,7 +30,7 @@ SUMMARY_KEYS = ("final/acc/train", "final/acc/test", "final/acc/test/best", "fin
 
 def reported_metric_names(config: ExperimentConfig) -> set[str]:
     """Every metric name ``train_worker`` reports for ``config``: what a sweep may optimise."""
-    names = {"step", "lr", "loss/train", "time/elapsed_s", "time/train_s", "model/n_params"}
+    names = {"step", "lr", "loss/train", "time/elapsed_s", "time/train_s", "model/n_params", "dist/world_size"}
     names.update(SUMMARY_KEYS)
     for split in SPLITS:
         names.update({f"acc/{split}", f"acc/{split}/best", f"best_loop/{split}"})
@@ -57,7 +57,7 @@ def learning_rate_at(step: int, config: ExperimentConfig) -> float:
 def train_worker(config: ExperimentConfig, reporter: Reporter) -> dict[str, float]:
     """Train one model, reporting metrics every ``eval_every`` steps and a summary at the end.
 
-    Returns the summary (``final/...`` keys, training time and parameter count).
+    Returns the summary (``final/...`` keys, training time, parameter count and worker count).
     """
     started = time.perf_counter()
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
@@ -119,5 +119,6 @@ def train_worker(config: ExperimentConfig, reporter: Reporter) -> dict[str, floa
     summary = {key: metrics[key.removeprefix("final/")] for key in SUMMARY_KEYS}
     summary["time/train_s"] = time.perf_counter() - started
     summary["model/n_params"] = float(sum(p.numel() for p in model.parameters()))
+    summary["dist/world_size"] = float(world_size)
     reporter({**metrics, **summary})
     return summary

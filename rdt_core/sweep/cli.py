@@ -32,5 +32,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {key} = {value}")
     print(f"MLflow parent run {outcome.parent_run_id} in {outcome.tracking_uri}")
     if outcome.tracking_uri.startswith("sqlite:"):
-        print(f"open it with: mlflow ui --backend-store-uri {outcome.tracking_uri} --port 5000")
+        mlflow_command = Path(sys.executable).parent / "mlflow"
+        if not mlflow_command.exists():
+            mlflow_command = Path("mlflow")
+        print(
+            f"open it with: {mlflow_command} ui --backend-store-uri {outcome.tracking_uri} --port 5000"
+            " (then http://127.0.0.1:5000)"
+        )
     return 0 if outcome.n_failed == 0 else 1

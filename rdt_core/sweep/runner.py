@@ -99,7 +99,8 @@ def make_trainable(spec: SweepSpec, storage_path: str) -> Any:
         resources=resources.model_dump(),
         storage_path=storage_path,
     )
-    return tune.with_resources(trainable, {"cpu": 0})  # the driver only waits; workers hold resources
+    # The driver only waits on its TorchTrainer; the workers hold the real resources. Tune needs some.
+    return tune.with_resources(trainable, {"cpu": 0.01})
 
 
 def run_sweep(spec: SweepSpec, spec_path: Path) -> SweepOutcome:
@@ -135,7 +136,7 @@ def run_sweep(spec: SweepSpec, spec_path: Path) -> SweepOutcome:
             run_config=tune.RunConfig(
                 name=spec.name,
                 storage_path=storage_path,
-                callbacks=[MlflowTrialCallback(tracker, spec.name)],
+                callbacks=[MlflowTrialCallback(tracker, spec.name, spec.base)],
                 verbose=1,
             ),
         )

@@ -69,6 +69,7 @@ class Choice(StrictModel):
 
 
 Distribution = Annotated[Union[IntRange, FloatRange, Choice], Field(discriminator="type")]
+DISTRIBUTION_TYPES = frozenset({"int", "float", "loguniform", "choice"})
 
 
 class Resources(StrictModel):
@@ -119,7 +120,7 @@ def validate_spec(raw: dict[str, Any], path: str | Path) -> SweepSpec:
     try:
         spec = SweepSpec.model_validate(raw)
     except ValidationError as error:
-        raise SpecError(f"{path}: {config_error_from(error)}") from None
+        raise SpecError(f"{path}: {config_error_from(error, DISTRIBUTION_TYPES)}") from None
     try:
         base = spec.base_config()
     except ConfigError as error:
@@ -129,8 +130,9 @@ def validate_spec(raw: dict[str, Any], path: str | Path) -> SweepSpec:
             try:
                 ExperimentConfig.from_dict(spec.base, {key: value})
             except ConfigError as error:
-                where = f"search_space.{key}" if error.key == key else f"search_space.{key} -> {error.key}"
-                raise SpecError(f"{path}: {where}: {error.message}") from None
+                detail = error.message if error.key in (key, "(top level)") else str(error)
+                at = "" if error.message == "unknown key" else f" (at {value!r})"
+                raise SpecError(f"{path}: search_space.{key}: {detail}{at}") from None
     if spec.metric not in reported_metric_names(base):
         raise SpecError(f"{path}: metric: no trial reports {spec.metric!r} (try 'acc/test')")
     return spec

@@ -15,6 +15,8 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from ray import tune
 
+from rdt_core.config import ExperimentConfig
+
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
 
@@ -94,17 +96,19 @@ class MlflowTrialCallback(tune.Callback):
     Child runs are named ``<sweep>-<n>`` in the order trials start: deterministic for a seeded sampler.
     """
 
-    def __init__(self, tracker: SweepTracker, sweep_name: str):
+    def __init__(self, tracker: SweepTracker, sweep_name: str, base: Mapping[str, Any]):
         self.tracker = tracker
         self.sweep_name = sweep_name
+        self.base = base
         self.run_id_by_trial: dict[str, str] = {}
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if trial.trial_id in self.run_id_by_trial:  # a restarted trial keeps its run
             return
         run_name = f"{self.sweep_name}-{len(self.run_id_by_trial):03d}"
+        config = ExperimentConfig.from_dict(self.base, trial.config)
         self.run_id_by_trial[trial.trial_id] = self.tracker.start_child(
-            run_name, params=trial.config, tags={"ray.trial_id": trial.trial_id}
+            run_name, params=config.to_flat_dict(), tags={"ray.trial_id": trial.trial_id}
         )
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:

@@ -1,0 +1,30 @@
+# Every target sets up the virtual environment first (once; again when pyproject.toml changes).
+# TORCH is installed before the project so that pip keeps it: the CPU build by default. On a GPU
+# machine, pass a CUDA build instead, e.g.  make demo TORCH="torch --index-url https://download.pytorch.org/whl/cu128"
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: venv demo test test-fast clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+demo: venv  ## the smoke sweep on an embedded local Ray, logging to sqlite:///mlflow.db
+	$(BIN)/python sweeps/run.py sweeps/smoke.yaml
+
+test: venv  ## the whole suite: unit, integration (real Ray + MLflow), end to end (ray job submit)
+	$(BIN)/python -m pytest
+
+test-fast: venv  ## unit tests only (seconds)
+	$(BIN)/python -m pytest -m "not slow"
+
+clean:
+	rm -rf $(VENV) mlflow.db mlruns ray_results .pytest_cache

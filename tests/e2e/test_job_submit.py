@@ -1,0 +1,93 @@
+"""The user's path: ``ray start --head`` in a copy of the repo, ``ray job submit`` of the smoke sweep."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.helpers import REPO_ROOT, short_temp_dir
+
+pytestmark = pytest.mark.slow
+
+CHANCE = 1 / 32  # the smoke graph has 32 entities
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def stop_ray_started_in(temp_dir: str) -> None:
+    """End only the Ray processes of this test (and their children), never another Ray on the machine.
+
+    Every process of a ``ray start --temp-dir=X`` names X on its command line or descends from one that
+    does; ``ray stop`` would end every Ray on the machine instead.
+    """
+    ours = []
+    for process in psutil.process_iter(["cmdline"]):
+        if any(temp_dir in part for part in process.info["cmdline"] or []):
+            ours.append(process)
+            ours.extend(process.children(recursive=True))
+    for process in ours:
+        try:
+            process.send_signal(signal.SIGTERM)
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(ours, timeout=15)
+    for process in alive:
+        process.kill()
+
+
+@pytest.fixture
+def repo_copy(tmp_path: Path) -> Path:
+    copy = tmp_path / "repo"
+    shutil.copytree(
+        REPO_ROOT,
+        copy,
+        ignore=shutil.ignore_patterns(".git", ".venv", "mlflow.db", "mlruns", "ray_results", "__pycache__"),
+    )
+    return copy
+
+
+def test_ray_job_submit_runs_the_smoke_sweep_into_mlflow(repo_copy):
+    temp_dir = short_temp_dir()
+    dashboard_port = free_port()
+    env = {key: value for key, value in os.environ.items() if key not in {"RAY_ADDRESS", "MLFLOW_TRACKING_URI"}}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # the job's `python`
+    env["RAY_AUTH_MODE"] = "token"  # Ray 2.60's local clusters require a token from job clients
+    ray = str(Path(sys.executable).parent / "ray")
+    try:
+        subprocess.run(
+            [ray, "start", "--head", f"--port={free_port()}", f"--dashboard-port={dashboard_port}",
+             "--num-cpus=2", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+            cwd=repo_copy, env=env, check=True, capture_output=True, text=True, timeout=180,
+        )
+        submitted = subprocess.run(
+            [ray, "job", "submit", "--address", f"http://127.0.0.1:{dashboard_port}", "--",
+             "python", "sweeps/run.py", "sweeps/smoke.yaml"],
+            cwd=repo_copy, env=env, capture_output=True, text=True, timeout=600,
+        )
+        assert submitted.returncode == 0, submitted.stdout[-4000:] + submitted.stderr[-2000:]
+        assert "succeeded" in submitted.stdout
+    finally:
+        stop_ray_started_in(temp_dir)
+
+    # The job ran where `ray start --head` ran: the repo copy, with its default SQLite store.
+    client = MlflowClient(f"sqlite:///{repo_copy / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("smoke")
+    runs = client.search_runs([experiment.experiment_id])
+    children = [run for run in runs if "mlflow.parentRunId" in run.data.tags]
+    assert len(runs) - len(children) == 1
+    assert len(children) == 4 and all(run.info.status == "FINISHED" for run in children)
+    best = max(run.data.metrics["acc/test"] for run in children)
+    assert best > 10 * CHANCE, f"best held-out 2-hop accuracy {best:.3f} is not clearly above chance"

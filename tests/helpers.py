@@ -1,0 +1,49 @@
+"""Shared helpers: run the sweep CLI in a subprocess against a private Ray and MLflow store."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RUN_PY = REPO_ROOT / "sweeps" / "run.py"
+
+
+def short_temp_dir() -> str:
+    """A Ray temp dir under /tmp: Ray's unix socket paths must stay under ~107 characters."""
+    return tempfile.mkdtemp(prefix="rdt-ray-", dir="/tmp")
+
+
+def isolated_env(workdir: Path) -> dict[str, str]:
+    """Environment for a sweep subprocess: its own Ray temp dir and MLflow store, no outside cluster."""
+    env = {key: value for key, value in os.environ.items() if key not in {"RAY_ADDRESS", "MLFLOW_TRACKING_URI"}}
+    env["RAY_TMPDIR"] = short_temp_dir()
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir / 'mlflow.db'}"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def write_spec(path: Path, spec: dict) -> Path:
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def load_smoke_spec() -> dict:
+    return yaml.safe_load((REPO_ROOT / "sweeps" / "smoke.yaml").read_text())
+
+
+def run_sweep_cli(spec_path: Path, workdir: Path, timeout: float, env: dict[str, str] | None = None):
+    """``python sweeps/run.py SPEC`` in ``workdir``; returns the completed process (output captured)."""
+    return subprocess.run(
+        [sys.executable, str(RUN_PY), str(spec_path)],
+        cwd=workdir,
+        env=env or isolated_env(workdir),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -1,0 +1,76 @@
+"""Real sweeps: a real local Ray (private temp dir), Optuna, and an MLflow SQLite store in a temp dir."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.helpers import load_smoke_spec, run_sweep_cli, write_spec
+
+pytestmark = pytest.mark.slow
+
+
+def runs_of(workdir: Path, experiment: str):
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None, f"no MLflow experiment {experiment!r}"
+    runs = client.search_runs([found.experiment_id])
+    parents = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    children = [run for run in runs if "mlflow.parentRunId" in run.data.tags]
+    return client, parents, children
+
+
+def test_smoke_sweep_logs_one_parent_and_one_child_per_trial(tmp_path):
+    spec = load_smoke_spec()
+    spec["base"]["train"].update({"steps": 200, "eval_every": 50})  # the plumbing, not the accuracy
+    path = write_spec(tmp_path / "smoke.yaml", spec)
+
+    completed = run_sweep_cli(path, tmp_path, timeout=600)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert "mlflow ui --backend-store-uri" in completed.stdout
+
+    client, parents, children = runs_of(tmp_path, "smoke")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == spec["num_samples"]
+    parent_id = parents[0].info.run_id
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] == parent_id
+        assert child.info.status == "FINISHED"
+        assert {"train.lr", "train.train_loops", "data.n_entities"} <= set(child.data.params)
+        history = client.get_metric_history(child.info.run_id, "acc/test")
+        assert [metric.step for metric in history] == [50, 100, 150, 200]
+        for loop in range(1, spec["base"]["model"]["max_loops"] + 1):
+            assert client.get_metric_history(child.info.run_id, f"acc/test/loop_{loop:02d}")
+        assert "final/acc/test" in child.data.metrics
+    assert f"best/{spec['metric']}" in parents[0].data.metrics
+    artifacts = [entry.path for entry in client.list_artifacts(parent_id)]
+    assert "spec.yaml" in artifacts
+    assert (tmp_path / "ray_results" / "smoke").is_dir()
+
+
+def test_data_parallel_trial_runs_in_torch_trainer_with_two_workers(tmp_path):
+    spec = load_smoke_spec()
+    spec.update(
+        name="ddp",
+        num_samples=1,
+        max_concurrent_trials=1,
+        resources={"workers_per_trial": 2, "cpus_per_worker": 0.5},
+        search_space={"train.train_loops": {"type": "choice", "values": [2]}},
+    )
+    spec["base"]["train"].update({"steps": 60, "eval_every": 30})
+    path = write_spec(tmp_path / "ddp.yaml", spec)
+
+    completed = run_sweep_cli(path, tmp_path, timeout=600)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+
+    client, parents, children = runs_of(tmp_path, "ddp")
+    assert len(parents) == 1 and len(children) == 1
+    child = children[0]
+    assert child.info.status == "FINISHED"
+    assert child.data.metrics["dist/world_size"] == 2
+    assert [m.step for m in client.get_metric_history(child.info.run_id, "acc/test")] == [30, 60]
+    # Ray Train's own run, named after the Tune trial, sits beside the Tune experiment.
+    train_runs = [p.name for p in (tmp_path / "ray_results").iterdir() if p.name.startswith("train-")]
+    assert len(train_runs) == 1

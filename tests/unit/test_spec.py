@@ -1,0 +1,112 @@
+"""Invalid specs stop before Ray or MLflow: exit 2, one line naming the file and the key."""
+
+import subprocess
+import sys
+
+import pytest
+
+from rdt_core.sweep.spec import SpecError, load_spec
+from tests.helpers import REPO_ROOT, RUN_PY, isolated_env, load_smoke_spec, write_spec
+
+
+def smoke_with(**changes) -> dict:
+    spec = load_smoke_spec()
+    for dotted, value in changes.items():
+        *sections, leaf = dotted.split("__")
+        node = spec
+        for section in sections:
+            node = node.setdefault(section, {})
+        if value is ...:
+            node.pop(leaf)
+        else:
+            node[leaf] = value
+    return spec
+
+
+INVALID = {
+    "unknown top-level key": (smoke_with(num_trials=3), "num_trials"),
+    "unknown config key": (smoke_with(base__train__learning_rate=0.1), "base.train.learning_rate"),
+    "wrong type": (smoke_with(num_samples="many"), "num_samples"),
+    "wrong type in config": (smoke_with(base__model__d_model="wide"), "base.model.d_model"),
+    "out of range": (smoke_with(num_samples=0), "num_samples"),
+    "out of range in config": (smoke_with(base__train__lr=-1.0), "base.train.lr"),
+    "out of range in resources": (smoke_with(resources__workers_per_trial=0), "resources.workers_per_trial"),
+    "inverted range": (
+        smoke_with(search_space={"train.lr": {"type": "float", "low": 0.1, "high": 0.01}}),
+        "search_space.train.lr",
+    ),
+    "unknown distribution": (
+        smoke_with(search_space={"train.lr": {"type": "gaussian", "low": 0.1, "high": 0.2}}),
+        "search_space.train.lr",
+    ),
+    "search key not in config": (
+        smoke_with(search_space={"train.loops": {"type": "int", "low": 1, "high": 2}}),
+        "search_space.train.loops",
+    ),
+    "search value out of range": (
+        smoke_with(search_space={"train.train_loops": {"type": "int", "low": 2, "high": 9}}),
+        "search_space.train.train_loops",
+    ),
+    "metric nobody reports": (smoke_with(metric="acc/validation"), "metric"),
+    "missing name": (smoke_with(name=...), "name"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(INVALID))
+def test_invalid_spec_names_file_and_key(case, tmp_path):
+    raw, key = INVALID[case]
+    path = write_spec(tmp_path / "bad.yaml", raw)
+    with pytest.raises(SpecError) as caught:
+        load_spec(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: {key}"), message
+    assert "\n" not in message
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: smoke\nbase: {model: [1, 2\nmetric: acc/test\n")
+    with pytest.raises(SpecError, match=rf"^{path}: line \d+, column \d+: invalid YAML"):
+        load_spec(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(SpecError, match="no such spec file"):
+        load_spec(tmp_path / "absent.yaml")
+
+
+def test_every_spec_in_sweeps_is_valid():
+    specs = sorted((REPO_ROOT / "sweeps").glob("*.yaml"))
+    assert specs
+    for path in specs:
+        load_spec(path)
+
+
+@pytest.mark.parametrize("case", ["missing file", "yaml error", "unknown key", "wrong type", "out of range"])
+def test_cli_exits_2_with_one_line_and_creates_nothing(case, tmp_path):
+    """Through the real command: nothing is started and no MLflow store is created."""
+    path = tmp_path / "spec.yaml"
+    expected_key = {
+        "missing file": "no such spec file",
+        "yaml error": "invalid YAML",
+        "unknown key": "base.train.learning_rate",
+        "wrong type": "num_samples",
+        "out of range": "base.train.lr",
+    }[case]
+    if case == "yaml error":
+        path.write_text("name: [smoke\n")
+    elif case == "unknown key":
+        write_spec(path, smoke_with(base__train__learning_rate=0.1))
+    elif case == "wrong type":
+        write_spec(path, smoke_with(num_samples="many"))
+    elif case == "out of range":
+        write_spec(path, smoke_with(base__train__lr=-1.0))
+    env = isolated_env(tmp_path)
+    completed = subprocess.run(
+        [sys.executable, str(RUN_PY), str(path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert completed.returncode == 2
+    lines = completed.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(path) in lines[0] and expected_key in lines[0], completed.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+    assert not (tmp_path / "ray_results").exists()
