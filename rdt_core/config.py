@@ -9,9 +9,9 @@ print one line naming the file and the key.
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -34,11 +34,24 @@ class DataConfig(StrictModel):
 
     n_entities: int = Field(32, ge=2, description="entities in the graph")
     n_relations: int = Field(4, ge=1, description="relations; each is a random permutation")
-    inferred_ratio: float = Field(
-        3.0, ge=0.0, description="phi: trained 2-hop queries per atomic fact"
+    ood_fraction: float = Field(
+        0.0, ge=0.0, lt=1.0, description="atomic facts held out of every trained multi-hop query"
     )
-    n_test_queries: int = Field(128, ge=1, description="held-out 2-hop test queries")
+    inferred_ratio: float = Field(
+        3.0, ge=0.0, description="phi: trained multi-hop queries per in-distribution atomic fact"
+    )
+    train_max_hops: int = Field(2, ge=1, description="multi-hop queries of 2..this many hops are trained")
+    test_max_hops: int = Field(2, ge=2, description="test splits hold 2..this many hops")
+    n_test_queries: int = Field(128, ge=1, description="test queries per split and hop count")
     seed: int = Field(0, ge=0, description="seed of the graph and its splits")
+
+    @field_validator("test_max_hops")
+    @classmethod
+    def _test_covers_training_depth(cls, test_max_hops: int, info: ValidationInfo) -> int:
+        train_max_hops = info.data.get("train_max_hops", test_max_hops)
+        if test_max_hops < train_max_hops:
+            raise ValueError(f"{test_max_hops} is below train_max_hops ({train_max_hops})")
+        return test_max_hops
 
 
 class ModelConfig(StrictModel):
@@ -54,6 +67,11 @@ class ModelConfig(StrictModel):
     n_core_layers: int = Field(1, ge=1)
     n_coda_layers: int = Field(0, ge=0)
     max_loops: int = Field(8, ge=1, description="loops of the per-loop readout at evaluation")
+    architecture: Literal["looped", "vanilla"] = Field(
+        "looped",
+        description="vanilla: the baseline of matched compute, train.train_loops distinct (unshared) "
+        "copies of the core run once each",
+    )
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> "ModelConfig":
@@ -74,9 +92,39 @@ class TrainConfig(StrictModel):
     weight_decay: float = Field(1.0, ge=0.0, description="strong decay speeds up generalization")
     warmup_steps: int = Field(50, ge=0)
     grad_clip: float = Field(1.0, gt=0.0)
-    train_loops: int = Field(4, ge=1, description="R: loops of the core during training")
+    train_loops: int = Field(4, ge=1, description="R, or its mean when sampled")
+    loops_sampling: Literal["fixed", "poisson"] = Field(
+        "fixed", description="poisson: R drawn per batch from Poisson(train_loops), clipped to 1..max_loops"
+    )
+    backprop_loops: int | None = Field(
+        None, ge=1, description="truncated backprop: gradients flow through only the last this many loops"
+    )
+    progressive_loss_weight: float = Field(
+        0.0, ge=0.0, description="weight of the mean loss over every loop, added to the final-loop loss"
+    )
+    curriculum: bool = Field(False, description="start at 2 hops; add hop k+1 once hop k is learnt")
+    curriculum_level: float = Field(0.9, gt=0.0, le=1.0, description="train accuracy that unlocks a hop")
     eval_every: int = Field(250, ge=1, description="steps between evaluations")
     seed: int = Field(0, ge=0, description="seed of initialisation and batch sampling")
+
+
+class EvalConfig(StrictModel):
+    """What is measured, and on how many queries. Inference-only: never changes training."""
+
+    n_train_eval_per_hop: int = Field(256, ge=1, description="training queries sampled per hop count")
+    phase_level: float = Field(0.9, gt=0.0, le=1.0, description="accuracy that marks a grokking phase")
+    halt_kl: float | None = Field(0.01, gt=0.0, description="halt once KL(p_t || p_t-1) is below this")
+    halt_entropy: float | None = Field(None, gt=0.0, description="... and entropy H(p_t) below this")
+    halt_kl_grid: list[float] = Field([1e-4, 1e-3, 1e-2, 1e-1, 1.0], min_length=1)
+    halt_entropy_grid: list[float] = Field([0.1, 0.5, 1.0, 2.0], min_length=1)
+    n_lens_queries: int = Field(256, ge=1, description="queries per hop count for the logit lens")
+    n_patching_queries: int = Field(64, ge=1, description="clean/corrupted pairs for activation patching")
+
+    @model_validator(mode="after")
+    def _some_halting_rule(self) -> "EvalConfig":
+        if self.halt_kl is None and self.halt_entropy is None:
+            raise ValueError("halt_kl and halt_entropy are both off: set at least one")
+        return self
 
 
 class ExperimentConfig(StrictModel):
@@ -85,6 +133,7 @@ class ExperimentConfig(StrictModel):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
 
     @model_validator(mode="after")
     def _loops_within_readout(self) -> "ExperimentConfig":
@@ -93,6 +142,8 @@ class ExperimentConfig(StrictModel):
                 f"train.train_loops ({self.train.train_loops}) exceeds "
                 f"model.max_loops ({self.model.max_loops})"
             )
+        if self.data.ood_fraction and self.data.train_max_hops < 2:
+            raise ValueError("data.ood_fraction needs data.train_max_hops >= 2: nothing composes facts")
         return self
 
     @classmethod

@@ -4,6 +4,10 @@ The loop knows a reporter (any callable taking a metrics dict), not Ray or MLflo
 ``ray.tune.report``, a Ray Train worker ``ray.train.report``, a test a list's ``append``. When
 ``torch.distributed`` is initialised (Ray Train's TorchTrainer does so), the model is wrapped in
 DistributedDataParallel and the global batch is split across the workers.
+
+Reported every ``eval_every`` steps: ``loss/train``, ``lr``, the loop count of the step, the evaluation
+metrics of ``rdt_core.eval`` and the grokking phases reached so far. The last report adds the summary:
+``final/...`` accuracies, the whole halting grid, the logit lens, activation patching, time and size.
 """
 
 from __future__ import annotations
@@ -18,24 +22,55 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from rdt_core.config import ExperimentConfig
-from rdt_core.data.queries import build_splits
-from rdt_core.eval import evaluation_metrics, loop_metric_name
-from rdt_core.model.transformer import RecurrentDepthTransformer
+from rdt_core.data.queries import QuerySet, Splits, build_splits, n_held_out_facts
+from rdt_core.eval import SplitResult, evaluate, halting_rules, split_metrics
+from rdt_core.lens import lens_metrics, target_ranks
+from rdt_core.model.transformer import RecurrentDepthTransformer, build_model
+from rdt_core.patching import corrupt_first_relation, patching_grid, patching_metrics
 
 Reporter = Callable[[dict[str, float]], None]
 
-SPLITS = ("train", "test")
-SUMMARY_KEYS = ("final/acc/train", "final/acc/test", "final/acc/test/best", "final/best_loop/test")
+
+def split_hop_counts(config: ExperimentConfig) -> dict[str, list[int]]:
+    """The evaluation splits of ``config`` and the hop counts each holds."""
+    data = config.data
+    tested = list(range(2, data.test_max_hops + 1))
+    splits = {"train": list(range(1, data.train_max_hops + 1)), "id": tested}
+    if n_held_out_facts(data):
+        splits["ood"] = tested
+    return splits
 
 
 def reported_metric_names(config: ExperimentConfig) -> set[str]:
-    """Every metric name ``train_worker`` reports for ``config``: what a sweep may optimise."""
-    names = {"step", "lr", "loss/train", "time/elapsed_s", "time/train_s", "model/n_params", "dist/world_size"}
-    names.update(SUMMARY_KEYS)
-    for split in SPLITS:
-        names.update({f"acc/{split}", f"acc/{split}/best", f"best_loop/{split}"})
-        names.update(loop_metric_name(split, loop) for loop in range(1, config.model.max_loops + 1))
+    """Every metric name ``train_worker`` reports for ``config``: what a sweep may optimise.
+
+    Derived by running the pure metric functions on placeholder results of the right shapes, so the
+    list cannot drift from what training really reports.
+    """
+    max_loops = config.model.max_loops
+    rules = halting_rules(config.eval, with_grid=True)
+    names = {"step", "lr", "loss/train", "loops/train", "curriculum/max_hops", "time/elapsed_s"}
+    names |= {"time/train_s", "model/n_params", "dist/world_size"}
+    for split, hop_counts in split_hop_counts(config).items():
+        hops = torch.tensor(hop_counts)
+        placeholder = SplitResult(
+            correct=torch.zeros(max_loops, len(hop_counts), dtype=torch.bool),
+            hops=hops,
+            halt_loops=torch.ones(len(rules), len(hop_counts), dtype=torch.long),
+        )
+        split_names = split_metrics(split, placeholder, 1, rules).keys()
+        names |= set(split_names) | {f"final/{name}" for name in split_names}
+        names |= {f"phase/{split}/step", f"phase/{split}/reached"}
+        if split != "train":
+            for k in hop_counts:
+                names |= set(lens_metrics(split, k, torch.zeros(max_loops, 1, max(hop_counts))).keys())
+    names |= set(patching_metrics(patching_hops(config), torch.zeros(max_loops, config.data.test_max_hops + 1)))
     return names
+
+
+def patching_hops(config: ExperimentConfig) -> int:
+    """Patching runs on in-distribution test queries of the deepest trained hop count (at least 2)."""
+    return max(2, config.data.train_max_hops)
 
 
 def pick_device() -> torch.device:
@@ -54,10 +89,47 @@ def learning_rate_at(step: int, config: ExperimentConfig) -> float:
     return train.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
+class LoopSampler:
+    """R for each step: fixed, or Poisson(train_loops) clipped to 1..max_loops. One CPU stream seeded
+    alike on every worker, so data-parallel workers unroll the same depth at every step."""
+
+    def __init__(self, config: ExperimentConfig):
+        self.config = config
+        self.generator = torch.Generator().manual_seed(config.train.seed + 7)
+
+    def __call__(self) -> int:
+        train = self.config.train
+        if train.loops_sampling == "fixed":
+            return train.train_loops
+        rate = torch.tensor(float(train.train_loops))
+        drawn = int(torch.poisson(rate, generator=self.generator).item())
+        return min(max(drawn, 1), self.config.model.max_loops)
+
+
+class Curriculum:
+    """Which hop counts are trained now: all of them, or (with ``train.curriculum``) atomic facts and
+    2 hops first, adding hop k + 1 once the training accuracy at hop k reaches ``curriculum_level``."""
+
+    def __init__(self, config: ExperimentConfig, train_set: QuerySet):
+        self.config = config
+        self.train_set = train_set
+        self.max_hops = min(2, config.data.train_max_hops) if config.train.curriculum else config.data.train_max_hops
+        self.eligible = self._eligible()
+
+    def _eligible(self) -> torch.Tensor:
+        return (self.train_set.hops <= self.max_hops).nonzero().squeeze(1)  # (n_eligible,)
+
+    def update(self, metrics: dict[str, float]) -> None:
+        level_reached = metrics.get(f"acc/train/hops_{self.max_hops}", 0.0) >= self.config.train.curriculum_level
+        if self.config.train.curriculum and level_reached and self.max_hops < self.config.data.train_max_hops:
+            self.max_hops += 1
+            self.eligible = self._eligible()
+
+
 def train_worker(config: ExperimentConfig, reporter: Reporter) -> dict[str, float]:
     """Train one model, reporting metrics every ``eval_every`` steps and a summary at the end.
 
-    Returns the summary (``final/...`` keys, training time, parameter count and worker count).
+    Returns the summary.
     """
     started = time.perf_counter()
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
@@ -66,8 +138,11 @@ def train_worker(config: ExperimentConfig, reporter: Reporter) -> dict[str, floa
 
     splits = build_splits(config.data)
     train_set = splits.train.to(device)
-    eval_sets = {name: queries.to(device) for name, queries in splits.named().items()}
-    model = RecurrentDepthTransformer(config.model, splits.vocab).to(device)
+    eval_sets = {
+        name: queries.to(device)
+        for name, queries in splits.eval_sets(config.eval.n_train_eval_per_hop, config.train.seed).items()
+    }
+    model = build_model(config, splits.vocab).to(device)
     network = DistributedDataParallel(model) if world_size > 1 else model
     optimizer = torch.optim.AdamW(
         model.parameters(),
@@ -80,45 +155,151 @@ def train_worker(config: ExperimentConfig, reporter: Reporter) -> dict[str, floa
     batch_generator = torch.Generator(device).manual_seed(config.train.seed * 1_000_003 + rank)
     worker_batch = max(1, config.train.batch_size // world_size)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    sample_loops = LoopSampler(config)
+    curriculum = Curriculum(config, train_set)
+    progressive = config.train.progressive_loss_weight > 0
+    phase_steps: dict[str, int] = {}
 
-    loss_sum, loss_count = torch.zeros((), device=device), 0
+    loss_sum, loops_sum, step_count = torch.zeros((), device=device), 0, 0
     metrics: dict[str, float] = {}
     for step in range(1, config.train.steps + 1):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate_at(step - 1, config)
-        index = torch.randint(len(train_set), (worker_batch,), device=device, generator=batch_generator)
-        batch = train_set.subset(index)
+        pick = torch.randint(len(curriculum.eligible), (worker_batch,), device=device, generator=batch_generator)
+        batch = train_set.subset(curriculum.eligible[pick])
+        n_loops = sample_loops()
         with autocast:
-            final_logits = network(batch.tokens, config.train.train_loops, every_loop=False)[-1]
-            loss = F.cross_entropy(final_logits.float(), batch.answers)  # final-loop loss
+            logits = network(
+                batch.tokens, n_loops, every_loop=progressive, backprop_loops=config.train.backprop_loops
+            )  # (n_loops or 1, B, E)
+            loss = F.cross_entropy(logits[-1].float(), batch.answers)  # final-loop loss
+            if progressive:
+                per_loop = F.cross_entropy(logits.flatten(0, 1).float(), batch.answers.repeat(len(logits)))
+                loss = loss + config.train.progressive_loss_weight * per_loop
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
         optimizer.step()
         loss_sum += loss.detach()
-        loss_count += 1
+        loops_sum += n_loops
+        step_count += 1
 
-        if step % config.train.eval_every == 0 or step == config.train.steps:
+        last_step = step == config.train.steps
+        if step % config.train.eval_every == 0 or last_step:
             with autocast:
-                metrics = evaluation_metrics(
-                    model, eval_sets, config.model.max_loops, config.train.train_loops
+                metrics = evaluate(
+                    model, eval_sets, config.model.max_loops, config.train.train_loops, config.eval, with_grid=last_step
                 )
             metrics.update(
                 {
                     "step": float(step),
                     "lr": optimizer.param_groups[0]["lr"],
-                    "loss/train": (loss_sum / loss_count).item(),
+                    "loss/train": (loss_sum / step_count).item(),
+                    "loops/train": loops_sum / step_count,
+                    "curriculum/max_hops": float(curriculum.max_hops),
                     "time/elapsed_s": time.perf_counter() - started,
                 }
             )
+            for split in eval_sets:
+                if split not in phase_steps and metrics[f"acc/{split}"] >= config.eval.phase_level:
+                    phase_steps[split] = step
+                if split in phase_steps:
+                    metrics[f"phase/{split}/step"] = float(phase_steps[split])
+            curriculum.update(metrics)
             loss_sum.zero_()
-            loss_count = 0
-            if step < config.train.steps:
+            loops_sum, step_count = 0, 0
+            if not last_step:
                 reporter(metrics)
 
-    summary = {key: metrics[key.removeprefix("final/")] for key in SUMMARY_KEYS}
+    with autocast:
+        summary = final_analysis(model, splits, eval_sets, config, device)
+    for split in eval_sets:
+        summary[f"phase/{split}/reached"] = float(split in phase_steps)
+        summary.update({f"final/{name}": value for name, value in metrics.items() if name.startswith(f"acc/{split}")})
     summary["time/train_s"] = time.perf_counter() - started
     summary["model/n_params"] = float(sum(p.numel() for p in model.parameters()))
     summary["dist/world_size"] = float(world_size)
     reporter({**metrics, **summary})
     return summary
+
+
+@torch.no_grad()
+def final_analysis(
+    model: RecurrentDepthTransformer,
+    splits: Splits,
+    eval_sets: dict[str, QuerySet],
+    config: ExperimentConfig,
+    device: torch.device,
+) -> dict[str, float]:
+    """Logit lens on every test split and hop count, and the activation-patching grid."""
+    model.eval()
+    max_loops = config.model.max_loops
+    metrics: dict[str, float] = {}
+    for split, queries in eval_sets.items():
+        if split == "train":
+            continue
+        for hops in queries.hop_counts():
+            sample = queries.with_hops(hops).first(config.eval.n_lens_queries)
+            metrics.update(lens_metrics(split, hops, target_ranks(model, sample, max_loops)))
+
+    hops = patching_hops(config)
+    clean = eval_sets["id"].with_hops(hops)
+    generator = torch.Generator().manual_seed(config.train.seed + 11)
+    corrupted, changed = corrupt_first_relation(clean, splits.vocab, splits.graph.tails.to(device), generator)
+    keep = changed.nonzero().squeeze(1)[: config.eval.n_patching_queries]
+    if keep.numel():
+        recovery = patching_grid(model, clean.subset(keep), corrupted[keep], max_loops)
+        metrics.update(patching_metrics(hops, recovery))
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m rdt_core.train CONFIG.yaml [--set key=value ...] [--out metrics.jsonl]``: one run,
+    no Ray, every report printed as a progress line and appended to ``--out`` as JSON."""
+    import argparse
+    import json
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    from rdt_core.config import ConfigError
+
+    parser = argparse.ArgumentParser(prog="python -m rdt_core.train", description=main.__doc__.splitlines()[0])
+    parser.add_argument("config", type=Path, help="experiment config (YAML; only what differs from defaults)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--out", type=Path, help="write every report as one JSON line here")
+    args = parser.parse_args(argv)
+    try:
+        if not args.config.is_file():
+            raise ConfigError("(file)", "no such config file")
+        raw = yaml.safe_load(args.config.read_text()) or {}
+        overrides = {}
+        for item in args.overrides:
+            key, separator, value = item.partition("=")
+            if not separator:
+                raise ConfigError(item, "--set takes KEY=VALUE")
+            overrides[key] = yaml.safe_load(value)
+        config = ExperimentConfig.from_dict(raw, overrides)
+    except (ConfigError, yaml.YAMLError) as error:
+        print(f"error: {args.config}: {str(error).splitlines()[0]}", file=sys.stderr)
+        return 2
+
+    lines: list[str] = []
+
+    def report(metrics: dict[str, float]) -> None:
+        lines.append(json.dumps(metrics, sort_keys=True))
+        shown = " ".join(
+            f"{name}={metrics[name]:.3f}" for name in ("loss/train", "acc/train", "acc/id", "acc/ood") if name in metrics
+        )
+        print(f"step {int(metrics['step']):>6}  {shown}", flush=True)
+
+    train_worker(config, report)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("\n".join(lines) + "\n")  # written whole at the end: nothing half-written
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

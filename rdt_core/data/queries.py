@@ -1,8 +1,15 @@
 """Query splits over a knowledge graph, as index tensors ready to live on the training device.
 
-Training holds every atomic fact (1-hop query) and ``inferred_ratio`` 2-hop queries per atomic fact; the
-test split holds other 2-hop queries, never trained. Queries are drawn without replacement from the
-space of all 2-hop queries, so splits are disjoint by construction and identical for identical seeds.
+Systematic split: a fraction ``ood_fraction`` of the atomic facts is held out. Those facts are trained only
+as atomic facts; no trained multi-hop query composes them. ``id`` test queries compose only the other
+facts and are never trained; ``ood`` test queries compose only held-out facts.
+
+Depth split: multi-hop queries of 2..``train_max_hops`` hops are trained (``inferred_ratio`` of them per
+in-distribution atomic fact, shared evenly between hop counts); test splits hold every hop count from 2 to
+``test_max_hops``, so hop counts above ``train_max_hops`` measure depth extrapolation.
+
+Queries are drawn as random walks through the allowed facts and de-duplicated, so every split is a set
+of distinct queries, identical for identical configs, and train and test are disjoint by construction.
 """
 
 from __future__ import annotations
@@ -15,105 +22,183 @@ from rdt_core.config import ConfigError, DataConfig
 from rdt_core.data.kg import KnowledgeGraph
 from rdt_core.data.tokens import Vocabulary
 
-QUERY_LENGTH = 3  # head, r1, r2: the longest query of these splits
+MAX_FRUITLESS_ROUNDS = 20  # walk rounds that find no new query before a pool counts as exhausted
 
 
 @dataclass(frozen=True)
 class QuerySet:
-    """A batch-indexable set of queries; row i of every tensor is query i."""
+    """A batch-indexable set of queries; row i of every tensor is query i. Padding is -1."""
 
-    tokens: torch.Tensor  # (Q, L) long, left-padded
-    answers: torch.Tensor  # (Q,) long entity ids
+    heads: torch.Tensor  # (Q,) long
+    relations: torch.Tensor  # (Q, K) long, the first ``hops`` entries used, then -1
+    bridges: torch.Tensor  # (Q, K - 1) long, the first ``hops - 1`` entries used, then -1
+    answers: torch.Tensor  # (Q,) long
     hops: torch.Tensor  # (Q,) long
+    tokens: torch.Tensor  # (Q, K + 1) long, left-padded so that the answer is read at the last position
 
     def __len__(self) -> int:
         return self.answers.shape[0]
 
     def to(self, device: torch.device | str) -> "QuerySet":
-        return QuerySet(self.tokens.to(device), self.answers.to(device), self.hops.to(device))
+        return QuerySet(*(tensor.to(device) for tensor in self._tensors()))
 
     def subset(self, index: torch.Tensor) -> "QuerySet":
-        return QuerySet(self.tokens[index], self.answers[index], self.hops[index])
+        return QuerySet(*(tensor[index] for tensor in self._tensors()))
+
+    def first(self, count: int) -> "QuerySet":
+        return self.subset(torch.arange(min(count, len(self))))
+
+    def with_hops(self, hops: int) -> "QuerySet":
+        return self.subset((self.hops == hops).nonzero().squeeze(1))
+
+    def hop_counts(self) -> list[int]:
+        return sorted(set(self.hops.tolist()))
+
+    def _tensors(self) -> tuple[torch.Tensor, ...]:
+        return (self.heads, self.relations, self.bridges, self.answers, self.hops, self.tokens)
 
     @staticmethod
     def concat(parts: list["QuerySet"]) -> "QuerySet":
-        return QuerySet(
-            torch.cat([part.tokens for part in parts]),
-            torch.cat([part.answers for part in parts]),
-            torch.cat([part.hops for part in parts]),
-        )
+        return QuerySet(*(torch.cat(tensors) for tensors in zip(*(part._tensors() for part in parts))))
 
 
 @dataclass(frozen=True)
 class Splits:
     graph: KnowledgeGraph
     vocab: Vocabulary
-    train: QuerySet
-    test: QuerySet
+    fact_is_ood: torch.Tensor  # (n_relations, n_entities) bool: fact (head e, relation r) held out
+    train: QuerySet  # every atomic fact and the trained multi-hop queries
+    tests: dict[str, QuerySet]  # "id" and (with held-out facts) "ood", every hop count 2..test_max_hops
 
-    def named(self) -> dict[str, QuerySet]:
-        return {"train": self.train, "test": self.test}
+    def eval_sets(self, n_per_hop: int, seed: int) -> dict[str, QuerySet]:
+        """What evaluation measures: a fixed sample of training queries (``n_per_hop`` per hop count,
+        to watch memorisation) and the test splits."""
+        generator = torch.Generator().manual_seed(seed)
+        picked = []
+        for hops in self.train.hop_counts():
+            rows = (self.train.hops == hops).nonzero().squeeze(1)
+            picked.append(rows[torch.randperm(rows.numel(), generator=generator)[:n_per_hop]])
+        return {"train": self.train.subset(torch.cat(picked)), **self.tests}
 
 
-def sample_distinct(space_size: int, count: int, generator: torch.Generator) -> torch.Tensor:
-    """``count`` distinct ids from ``range(space_size)`` in random order, deterministic in ``generator``.
+def n_held_out_facts(config: DataConfig) -> int:
+    """Atomic facts held out of every trained multi-hop query; an ``ood`` split exists when > 0."""
+    return round(config.ood_fraction * config.n_entities * config.n_relations)
 
-    A dense permutation when the draw is a large part of the space; otherwise oversampling and
-    de-duplication, which needs memory in the draw, not in the space (2-hop spaces grow as N * M^2).
+
+def build_splits(config: DataConfig) -> Splits:
+    """The graph and its train and test query sets, from ``config`` alone."""
+    graph = KnowledgeGraph.generate(config.n_entities, config.n_relations, config.seed)
+    vocab = Vocabulary(config.n_entities, config.n_relations)
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    n_atomic = config.n_entities * config.n_relations
+    n_ood_facts = n_held_out_facts(config)
+    fact_is_ood = torch.zeros(n_atomic, dtype=torch.bool)
+    fact_is_ood[torch.randperm(n_atomic, generator=generator)[:n_ood_facts]] = True
+    fact_is_ood = fact_is_ood.view(config.n_relations, config.n_entities)
+
+    atomic_heads = torch.arange(config.n_entities).repeat(config.n_relations)
+    atomic_relations = torch.arange(config.n_relations).repeat_interleave(config.n_entities)[:, None]
+    train_parts = [make_query_set(graph, vocab, atomic_heads, atomic_relations, config.test_max_hops)]
+    test_parts: dict[str, list[QuerySet]] = {"id": []}
+    if n_ood_facts:
+        test_parts["ood"] = []
+
+    n_id_facts = n_atomic - n_ood_facts
+    trained_hops = range(2, config.train_max_hops + 1)
+    n_train_per_hop = round(config.inferred_ratio * n_id_facts / max(1, len(trained_hops)))
+    for hops in range(2, config.test_max_hops + 1):
+        n_train = n_train_per_hop if hops in trained_hops else 0
+        for split, allowed in (("id", ~fact_is_ood), ("ood", fact_is_ood)):
+            if split not in test_parts:
+                continue
+            n_trained = n_train if split == "id" else 0  # held-out facts are never composed in training
+            wanted = n_trained + config.n_test_queries
+            heads, relations = sample_distinct_walks(graph, allowed, hops, wanted, generator)
+            if heads.numel() < wanted:
+                raise ConfigError(
+                    "data.inferred_ratio" if n_trained else "data.n_test_queries",
+                    f"only {heads.numel()} distinct {hops}-hop {split} queries exist, {wanted} wanted "
+                    f"({n_trained} trained + {config.n_test_queries} test)",
+                )
+            queries = make_query_set(graph, vocab, heads, relations, config.test_max_hops)
+            if n_trained:
+                train_parts.append(queries.subset(torch.arange(n_trained)))
+                queries = queries.subset(torch.arange(n_trained, wanted))
+            test_parts[split].append(queries)
+
+    return Splits(
+        graph=graph,
+        vocab=vocab,
+        fact_is_ood=fact_is_ood,
+        train=QuerySet.concat(train_parts),
+        tests={name: QuerySet.concat(parts) for name, parts in test_parts.items()},
+    )
+
+
+def sample_distinct_walks(
+    graph: KnowledgeGraph, allowed: torch.Tensor, hops: int, count: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to ``count`` distinct ``hops``-hop queries whose every fact is allowed.
+
+    allowed: (n_relations, n_entities) bool. Returns heads (Q,) and relations (Q, hops), Q <= count,
+    in the order first drawn. Fewer than ``count`` only when rounds of walks stop finding new queries.
     """
-    if count > space_size:
-        raise ValueError(f"cannot draw {count} distinct ids from {space_size}")
-    if 4 * count >= space_size:
-        return torch.randperm(space_size, generator=generator)[:count]
-    drawn = torch.empty(0, dtype=torch.long)
-    while drawn.numel() < count:
-        candidates = torch.randint(space_size, (2 * count,), generator=generator)
-        drawn = _unique_in_order(torch.cat([drawn, candidates]))
-    return drawn[:count]
+    found = torch.empty(0, hops + 1, dtype=torch.long)  # rows: head, r1..rk
+    fruitless = 0
+    while found.shape[0] < count and fruitless < MAX_FRUITLESS_ROUNDS:
+        walks = _random_walks(graph, allowed, hops, 2 * count, generator)
+        merged = _unique_rows_in_order(torch.cat([found, walks]))
+        fruitless = fruitless + 1 if merged.shape[0] == found.shape[0] else 0
+        found = merged
+    found = found[:count]
+    return found[:, 0], found[:, 1:]
 
 
-def _unique_in_order(ids: torch.Tensor) -> torch.Tensor:
-    """Distinct values of ``ids`` in the order of their first occurrence."""
-    unique, inverse = torch.unique(ids, return_inverse=True)
-    first_seen = torch.full_like(unique, ids.numel()).scatter_reduce(
-        0, inverse, torch.arange(ids.numel()), reduce="amin"
+def _random_walks(
+    graph: KnowledgeGraph, allowed: torch.Tensor, hops: int, n_walks: int, generator: torch.Generator
+) -> torch.Tensor:
+    """Walks that take, at each entity, a uniformly chosen allowed relation: -> (W, hops + 1) rows
+    (head, r1..rk), W <= n_walks (walks that reach an entity with no allowed relation are dropped)."""
+    current = torch.randint(graph.n_entities, (n_walks,), generator=generator)  # (W,)
+    rows = [current]
+    alive = torch.ones(n_walks, dtype=torch.bool)
+    for _ in range(hops):
+        weights = allowed[:, current].T.float()  # (W, M)
+        alive &= weights.sum(1) > 0
+        weights[~alive] = 1.0  # any relation; the walk is dropped anyway
+        relation = torch.multinomial(weights, 1, generator=generator).squeeze(1)  # (W,)
+        rows.append(relation)
+        current = graph.tails[relation, current]
+    return torch.stack(rows, dim=1)[alive]
+
+
+def _unique_rows_in_order(rows: torch.Tensor) -> torch.Tensor:
+    """Distinct rows in the order of their first occurrence (torch.unique sorts them)."""
+    if rows.shape[0] == 0:
+        return rows
+    unique, inverse = torch.unique(rows, dim=0, return_inverse=True)
+    first_seen = torch.full((unique.shape[0],), rows.shape[0]).scatter_reduce(
+        0, inverse, torch.arange(rows.shape[0]), reduce="amin"
     )
     return unique[first_seen.argsort()]
 
 
-def build_splits(config: DataConfig) -> Splits:
-    """The graph and its train/test query sets, from ``config`` alone."""
-    graph = KnowledgeGraph.generate(config.n_entities, config.n_relations, config.seed)
-    vocab = Vocabulary(config.n_entities, config.n_relations)
-    n_entities, n_relations = config.n_entities, config.n_relations
-
-    atomic_heads = torch.arange(n_entities).repeat(n_relations)  # (N*M,)
-    atomic_relations = torch.arange(n_relations).repeat_interleave(n_entities)[:, None]  # (N*M, 1)
-    atomic = _query_set(graph, vocab, atomic_heads, atomic_relations)
-
-    n_atomic = n_entities * n_relations
-    n_train_2hop = round(config.inferred_ratio * n_atomic)
-    space_size = n_entities * n_relations**2
-    if n_train_2hop + config.n_test_queries > space_size:
-        raise ConfigError(
-            "data.inferred_ratio",
-            f"{n_train_2hop} trained + {config.n_test_queries} test 2-hop queries exceed the "
-            f"{space_size} that {n_entities} entities and {n_relations} relations allow",
-        )
-    generator = torch.Generator().manual_seed(config.seed + 1)
-    query_ids = sample_distinct(space_size, n_train_2hop + config.n_test_queries, generator)
-    heads = query_ids // n_relations**2
-    relations = torch.stack([query_ids // n_relations % n_relations, query_ids % n_relations], 1)
-    two_hop = _query_set(graph, vocab, heads, relations)
-
-    train = QuerySet.concat([atomic, two_hop.subset(torch.arange(n_train_2hop))])
-    test = two_hop.subset(torch.arange(n_train_2hop, len(two_hop)))
-    return Splits(graph=graph, vocab=vocab, train=train, test=test)
-
-
-def _query_set(
-    graph: KnowledgeGraph, vocab: Vocabulary, heads: torch.Tensor, relations: torch.Tensor
+def make_query_set(
+    graph: KnowledgeGraph, vocab: Vocabulary, heads: torch.Tensor, relations: torch.Tensor, max_hops: int
 ) -> QuerySet:
-    answers = graph.follow(heads, relations)[:, -1]
-    hops = torch.full_like(answers, relations.shape[1])
-    return QuerySet(vocab.encode(heads, relations, QUERY_LENGTH), answers, hops)
+    """Queries of one hop count: heads (Q,), relations (Q, k) -> a QuerySet padded to ``max_hops``."""
+    n_queries, hops = relations.shape
+    path = graph.follow(heads, relations)  # (Q, k + 1): head, bridges, answer
+    padded_relations = torch.full((n_queries, max_hops), -1, dtype=torch.long)
+    padded_relations[:, :hops] = relations
+    bridges = torch.full((n_queries, max(0, max_hops - 1)), -1, dtype=torch.long)
+    bridges[:, : hops - 1] = path[:, 1:-1]
+    return QuerySet(
+        heads=heads,
+        relations=padded_relations,
+        bridges=bridges,
+        answers=path[:, -1],
+        hops=torch.full((n_queries,), hops, dtype=torch.long),
+        tokens=vocab.encode(heads, relations, max_hops + 1),
+    )

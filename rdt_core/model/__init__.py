@@ -1,5 +1,6 @@
-"""The recurrent-depth transformer (no Ray, no MLflow here)."""
+"""The recurrent-depth transformer and its hook points (no Ray, no MLflow here)."""
 
-from rdt_core.model.transformer import Block, RecurrentDepthTransformer, Rotary
+from rdt_core.model.hooks import ActivationCache, patch_position
+from rdt_core.model.transformer import Block, RecurrentDepthTransformer, Rotary, build_model
 
-__all__ = ["Block", "RecurrentDepthTransformer", "Rotary"]
+__all__ = ["ActivationCache", "Block", "RecurrentDepthTransformer", "Rotary", "build_model", "patch_position"]

@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rdt_core.config import ModelConfig
+from rdt_core.config import ExperimentConfig, ModelConfig
 from rdt_core.data.tokens import Vocabulary
+from rdt_core.model.hooks import Hook, run_hook
 
 
 class Rotary(nn.Module):
@@ -73,9 +74,14 @@ class Block(nn.Module):
 
 
 class RecurrentDepthTransformer(nn.Module):
-    """Embedding -> prelude -> core x R (input injection) -> coda -> norm -> tied entity readout."""
+    """Embedding -> prelude -> core x R (input injection) -> coda -> norm -> tied entity readout.
 
-    def __init__(self, config: ModelConfig, vocab: Vocabulary):
+    ``n_core_groups`` is 1 for the looped model: every loop applies the same core. The vanilla baseline of
+    matched compute has ``n_core_groups = R`` distinct cores, loop t applying group t; it cannot run more
+    loops than it has groups, so its readouts after loop R repeat the last one.
+    """
+
+    def __init__(self, config: ModelConfig, vocab: Vocabulary, n_core_groups: int = 1):
         super().__init__()
         self.config = config
         self.vocab = vocab
@@ -86,37 +92,74 @@ class RecurrentDepthTransformer(nn.Module):
             Block(config, rotary, zero_init_output=False) for _ in range(config.n_prelude_layers)
         )
         self.core = nn.ModuleList(
-            Block(config, rotary, zero_init_output=True) for _ in range(config.n_core_layers)
+            nn.ModuleList(Block(config, rotary, zero_init_output=True) for _ in range(config.n_core_layers))
+            for _ in range(n_core_groups)
         )
         self.coda = nn.ModuleList(
             Block(config, rotary, zero_init_output=False) for _ in range(config.n_coda_layers)
         )
         self.final_norm = nn.RMSNorm(config.d_model)
 
-    def forward(self, tokens: torch.Tensor, n_loops: int, every_loop: bool = True) -> torch.Tensor:
+    @property
+    def is_looped(self) -> bool:
+        return len(self.core) == 1
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        n_loops: int,
+        every_loop: bool = True,
+        hook: Hook | None = None,
+        backprop_loops: int | None = None,
+    ) -> torch.Tensor:
         """Answer logits after every loop: tokens (B, T) -> logits (n_loops, B, n_entities).
 
-        With ``every_loop=False`` only the last loop is read out: (1, B, n_entities), for training with
-        a final-loop loss without paying for the readout of every loop.
+        ``every_loop=False`` reads out the last loop only: (1, B, n_entities), for a final-loop loss
+        without paying for every readout. ``backprop_loops=k`` detaches the state before the last k
+        loops (truncated backpropagation through depth). ``hook`` sees every named hook point.
         """
-        attn_mask = self._attention_mask(tokens)
-        injected = self.embed(tokens)  # (B, T, D)
-        for layer in self.prelude:
-            injected = layer(injected, attn_mask)
+        injected, attn_mask = self.encode(tokens, hook)
         state = torch.zeros_like(injected)  # (B, T, D)
         logits_by_loop = []
         for loop in range(1, n_loops + 1):
-            state = state + injected
-            for layer in self.core:
-                state = layer(state, attn_mask)
+            if backprop_loops is not None and loop == n_loops - backprop_loops + 1:
+                state = state.detach()
+            if self.is_looped or loop <= len(self.core):
+                state = self.step(state, injected, attn_mask, loop, hook)
+            else:  # vanilla past its depth: no computation, but the hook point still exists
+                state = run_hook(hook, f"loop.{loop}.resid_post", state)
             if every_loop or loop == n_loops:
-                logits_by_loop.append(self._readout(state, attn_mask))
+                logits_by_loop.append(self.readout(state, attn_mask, loop, hook))
         return torch.stack(logits_by_loop)
 
-    def _readout(self, state: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
-        """Entity logits at the last position: state (B, T, D) -> (B, n_entities)."""
-        for layer in self.coda:
+    def encode(self, tokens: torch.Tensor, hook: Hook | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The injected input and the attention mask: tokens (B, T) -> (B, T, D), (B, 1, T, T)."""
+        attn_mask = self._attention_mask(tokens)
+        injected = run_hook(hook, "embed", self.embed(tokens))
+        for index, layer in enumerate(self.prelude):
+            injected = run_hook(hook, f"prelude.{index}", layer(injected, attn_mask))
+        return injected, attn_mask
+
+    def step(
+        self,
+        state: torch.Tensor,
+        injected: torch.Tensor,
+        attn_mask: torch.Tensor,
+        loop: int,
+        hook: Hook | None = None,
+    ) -> torch.Tensor:
+        """Loop ``loop`` (1-based): state (B, T, D) -> state (B, T, D)."""
+        state = run_hook(hook, f"loop.{loop}.resid_pre", state + injected)
+        for layer in self.core[0 if self.is_looped else loop - 1]:
             state = layer(state, attn_mask)
+        return run_hook(hook, f"loop.{loop}.resid_post", state)
+
+    def readout(
+        self, state: torch.Tensor, attn_mask: torch.Tensor, loop: int = 0, hook: Hook | None = None
+    ) -> torch.Tensor:
+        """Entity logits at the last position: state (B, T, D) -> (B, n_entities)."""
+        for index, layer in enumerate(self.coda):
+            state = run_hook(hook, f"coda.{loop}.{index}", layer(state, attn_mask))
         last = self.final_norm(state[:, -1])  # (B, D)
         return last @ self.embed.weight[: self.vocab.n_entities].T
 
@@ -127,3 +170,9 @@ class RecurrentDepthTransformer(nn.Module):
         is_real_key = (tokens != self.vocab.pad_token)[:, None, None, :]  # (B, 1, 1, T)
         diagonal = torch.eye(length, dtype=torch.bool, device=tokens.device)
         return (causal & is_real_key) | diagonal  # (B, 1, T, T)
+
+
+def build_model(config: ExperimentConfig, vocab: Vocabulary) -> RecurrentDepthTransformer:
+    """The looped model, or the vanilla baseline with as many distinct cores as training loops."""
+    groups = 1 if config.model.architecture == "looped" else config.train.train_loops
+    return RecurrentDepthTransformer(config.model, vocab, n_core_groups=groups)

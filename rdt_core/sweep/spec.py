@@ -85,7 +85,7 @@ class SweepSpec(StrictModel):
     description: str = ""
     base: dict[str, Any] = Field(default_factory=dict, description="config values that differ from defaults")
     search_space: dict[str, Distribution] = Field(default_factory=dict)
-    metric: str = "acc/test"
+    metric: str = "acc/id"
     mode: Literal["max", "min"] = "max"
     num_samples: int = Field(4, ge=1, description="trials")
     max_concurrent_trials: int = Field(2, ge=1)
@@ -134,5 +134,5 @@ def validate_spec(raw: dict[str, Any], path: str | Path) -> SweepSpec:
                 at = "" if error.message == "unknown key" else f" (at {value!r})"
                 raise SpecError(f"{path}: search_space.{key}: {detail}{at}") from None
     if spec.metric not in reported_metric_names(base):
-        raise SpecError(f"{path}: metric: no trial reports {spec.metric!r} (try 'acc/test')")
+        raise SpecError(f"{path}: metric: no trial reports {spec.metric!r} (try 'acc/id')")
     return spec

@@ -39,11 +39,11 @@ def test_smoke_sweep_logs_one_parent_and_one_child_per_trial(tmp_path):
         assert child.data.tags["mlflow.parentRunId"] == parent_id
         assert child.info.status == "FINISHED"
         assert {"train.lr", "train.train_loops", "data.n_entities"} <= set(child.data.params)
-        history = client.get_metric_history(child.info.run_id, "acc/test")
+        history = client.get_metric_history(child.info.run_id, "acc/id")
         assert [metric.step for metric in history] == [50, 100, 150, 200]
         for loop in range(1, spec["base"]["model"]["max_loops"] + 1):
-            assert client.get_metric_history(child.info.run_id, f"acc/test/loop_{loop:02d}")
-        assert "final/acc/test" in child.data.metrics
+            assert client.get_metric_history(child.info.run_id, f"acc/id/loop_{loop:02d}")
+        assert "final/acc/id" in child.data.metrics
     assert f"best/{spec['metric']}" in parents[0].data.metrics
     artifacts = [entry.path for entry in client.list_artifacts(parent_id)]
     assert "spec.yaml" in artifacts
@@ -70,7 +70,7 @@ def test_data_parallel_trial_runs_in_torch_trainer_with_two_workers(tmp_path):
     child = children[0]
     assert child.info.status == "FINISHED"
     assert child.data.metrics["dist/world_size"] == 2
-    assert [m.step for m in client.get_metric_history(child.info.run_id, "acc/test")] == [30, 60]
+    assert [m.step for m in client.get_metric_history(child.info.run_id, "acc/id")] == [30, 60]
     # Ray Train's own run, named after the Tune trial, sits beside the Tune experiment.
     train_runs = [p.name for p in (tmp_path / "ray_results").iterdir() if p.name.startswith("train-")]
     assert len(train_runs) == 1

@@ -2,71 +2,134 @@ import torch
 
 from rdt_core.config import DataConfig
 from rdt_core.data import KnowledgeGraph, build_splits
-from rdt_core.data.queries import sample_distinct
+from rdt_core.data.queries import QuerySet, sample_distinct_walks
+
+SYSTEMATIC = DataConfig(
+    n_entities=40, n_relations=6, ood_fraction=0.25, inferred_ratio=2.0,
+    train_max_hops=3, test_max_hops=4, n_test_queries=40, seed=5,
+)
+
+
+def facts_used(queries: QuerySet) -> list[list[tuple[int, int]]]:
+    """The (head entity, relation) facts each query composes, from its head, relations and bridges."""
+    used = []
+    for head, relations, bridges, hops in zip(
+        queries.heads.tolist(), queries.relations.tolist(), queries.bridges.tolist(), queries.hops.tolist()
+    ):
+        entities = [head, *bridges[: hops - 1]]
+        used.append(list(zip(entities, relations[:hops])))
+    return used
 
 
 def test_every_relation_is_a_bijection():
     graph = KnowledgeGraph.generate(n_entities=50, n_relations=7, seed=3)
     for tails in graph.tails:
         assert torch.equal(tails.sort().values, torch.arange(50))
-
-
-def test_relations_differ_from_each_other():
-    graph = KnowledgeGraph.generate(n_entities=50, n_relations=7, seed=3)
     assert len({tuple(row.tolist()) for row in graph.tails}) == 7
 
 
+def test_large_graph_is_generated_vectorised():
+    graph = KnowledgeGraph.generate(n_entities=100_000, n_relations=100, seed=0)
+    assert graph.tails.shape == (100, 100_000)
+
+
 def test_same_seed_same_graph_and_splits_other_seed_differs():
-    config = DataConfig(n_entities=40, n_relations=5, inferred_ratio=2.0, n_test_queries=100, seed=11)
-    first, second = build_splits(config), build_splits(config)
+    first, second = build_splits(SYSTEMATIC), build_splits(SYSTEMATIC)
     assert torch.equal(first.graph.tails, second.graph.tails)
-    for name in ("train", "test"):
-        assert torch.equal(first.named()[name].tokens, second.named()[name].tokens)
-        assert torch.equal(first.named()[name].answers, second.named()[name].answers)
-    other = build_splits(config.model_copy(update={"seed": 12}))
+    assert torch.equal(first.fact_is_ood, second.fact_is_ood)
+    for a, b in [(first.train, second.train), *zip(first.tests.values(), second.tests.values())]:
+        assert torch.equal(a.tokens, b.tokens) and torch.equal(a.answers, b.answers)
+    other = build_splits(SYSTEMATIC.model_copy(update={"seed": 6}))
     assert not torch.equal(first.graph.tails, other.graph.tails)
 
 
-def test_train_holds_all_atomic_facts_and_phi_two_hop_queries():
-    config = DataConfig(n_entities=40, n_relations=5, inferred_ratio=2.0, n_test_queries=100)
-    splits = build_splits(config)
-    n_atomic = 40 * 5
+def test_train_holds_every_atomic_fact_and_phi_multi_hop_queries_per_id_fact():
+    splits = build_splits(SYSTEMATIC)
+    n_atomic = 40 * 6
+    n_id_facts = n_atomic - int(splits.fact_is_ood.sum())
+    assert int(splits.fact_is_ood.sum()) == round(0.25 * n_atomic)
     assert (splits.train.hops == 1).sum().item() == n_atomic
-    assert (splits.train.hops == 2).sum().item() == 2 * n_atomic
-    assert len(splits.test) == 100 and bool((splits.test.hops == 2).all())
+    multi_hop = (splits.train.hops > 1).sum().item()
+    assert abs(multi_hop - 2.0 * n_id_facts) <= 2  # shared evenly between 2 and 3 hops, rounded
+    assert splits.train.hop_counts() == [1, 2, 3]
 
 
-def test_train_and_test_queries_are_disjoint():
-    splits = build_splits(DataConfig(n_entities=20, n_relations=4, inferred_ratio=3.0, n_test_queries=50))
+def test_no_trained_multi_hop_query_composes_a_held_out_fact():
+    splits = build_splits(SYSTEMATIC)
+    ood = splits.fact_is_ood
+    multi = splits.train.subset((splits.train.hops > 1).nonzero().squeeze(1))
+    for facts in facts_used(multi):
+        assert not any(ood[relation, entity] for entity, relation in facts)
+
+
+def test_id_queries_compose_only_id_facts_and_ood_only_held_out_facts():
+    splits = build_splits(SYSTEMATIC)
+    ood = splits.fact_is_ood
+    for facts in facts_used(splits.tests["id"]):
+        assert not any(ood[relation, entity] for entity, relation in facts)
+    for facts in facts_used(splits.tests["ood"]):
+        assert all(ood[relation, entity] for entity, relation in facts)
+
+
+def test_test_queries_never_appear_in_training_and_are_distinct():
+    splits = build_splits(SYSTEMATIC)
     train_rows = {tuple(row.tolist()) for row in splits.train.tokens}
-    test_rows = {tuple(row.tolist()) for row in splits.test.tokens}
-    assert len(test_rows) == len(splits.test)  # no duplicate test query
-    assert train_rows.isdisjoint(test_rows)
+    for queries in splits.tests.values():
+        rows = [tuple(row.tolist()) for row in queries.tokens]
+        assert len(set(rows)) == len(rows)
+        assert train_rows.isdisjoint(rows)
 
 
-def test_answers_follow_the_graph():
-    splits = build_splits(DataConfig(n_entities=20, n_relations=4, n_test_queries=30))
-    vocab, tails = splits.vocab, splits.graph.tails
-    heads = splits.test.tokens[:, 0]
-    r1 = splits.test.tokens[:, 1] - vocab.n_entities
-    r2 = splits.test.tokens[:, 2] - vocab.n_entities
-    assert torch.equal(splits.test.answers, tails[r2, tails[r1, heads]])
+def test_test_splits_go_deeper_than_training():
+    splits = build_splits(SYSTEMATIC)
+    assert max(splits.train.hop_counts()) == 3
+    for queries in splits.tests.values():
+        assert queries.hop_counts() == [2, 3, 4]
+        assert all(len(queries.with_hops(k)) == 40 for k in (2, 3, 4))
 
 
-def test_atomic_facts_are_left_padded():
-    splits = build_splits(DataConfig(n_entities=20, n_relations=4, n_test_queries=30))
+def test_answers_and_bridges_follow_the_graph():
+    splits = build_splits(SYSTEMATIC)
+    tails = splits.graph.tails
+    for queries in [splits.train, *splits.tests.values()]:
+        for head, relations, bridges, answer, hops in zip(
+            queries.heads.tolist(), queries.relations.tolist(), queries.bridges.tolist(),
+            queries.answers.tolist(), queries.hops.tolist(),
+        ):
+            entity, path = head, []
+            for relation in relations[:hops]:
+                entity = int(tails[relation, entity])
+                path.append(entity)
+            assert path[:-1] == bridges[: hops - 1] and path[-1] == answer
+
+
+def test_queries_are_left_padded_to_the_deepest_test_query():
+    splits = build_splits(SYSTEMATIC)
+    assert splits.train.tokens.shape[1] == 5
     atomic = splits.train.tokens[splits.train.hops == 1]
-    assert bool((atomic[:, 0] == splits.vocab.pad_token).all())
+    assert bool((atomic[:, :3] == splits.vocab.pad_token).all())
+    assert bool((atomic[:, 3] < splits.vocab.n_entities).all())
 
 
-def test_sample_distinct_gives_distinct_ids_in_range():
-    generator = torch.Generator().manual_seed(0)
-    for space, count in [(10, 10), (1000, 900), (10**9, 5000)]:
-        ids = sample_distinct(space, count, generator)
-        assert ids.numel() == count == ids.unique().numel()
-        assert 0 <= ids.min() and ids.max() < space
+def test_no_ood_split_without_held_out_facts():
+    splits = build_splits(DataConfig())
+    assert set(splits.tests) == {"id"}
 
 
-def test_large_graph_is_generated_quickly_enough_to_be_practical():
-    graph = KnowledgeGraph.generate(n_entities=100_000, n_relations=20, seed=0)
-    assert graph.tails.shape == (20, 100_000)
+def test_walks_respect_the_allowed_facts_and_are_distinct():
+    graph = KnowledgeGraph.generate(30, 4, seed=1)
+    allowed = torch.rand(4, 30, generator=torch.Generator().manual_seed(0)) < 0.5
+    heads, relations = sample_distinct_walks(graph, allowed, 3, 200, torch.Generator().manual_seed(2))
+    assert heads.numel() == 200
+    rows = torch.cat([heads[:, None], relations], 1)
+    assert torch.unique(rows, dim=0).shape[0] == 200
+    path = graph.follow(heads, relations)
+    for hop in range(3):
+        assert bool(allowed[relations[:, hop], path[:, hop]].all())
+
+
+def test_eval_sets_sample_training_queries_per_hop_count():
+    splits = build_splits(SYSTEMATIC)
+    sets = splits.eval_sets(n_per_hop=30, seed=0)
+    assert set(sets) == {"train", "id", "ood"}
+    assert [len(sets["train"].with_hops(k)) for k in (1, 2, 3)] == [30, 30, 30]

@@ -1,40 +1,38 @@
 import pytest
 import torch
 
-from rdt_core.config import ModelConfig
+from rdt_core.config import ExperimentConfig, ModelConfig
 from rdt_core.data.tokens import Vocabulary
-from rdt_core.model import RecurrentDepthTransformer
+from rdt_core.model import ActivationCache, RecurrentDepthTransformer, build_model, patch_position
 
 VOCAB = Vocabulary(n_entities=16, n_relations=3)
 
 
-@pytest.fixture(scope="module")
-def model() -> RecurrentDepthTransformer:
-    """A tiny model whose zero-initialised projections are randomised, so that loops do something."""
-    torch.manual_seed(0)
-    model = RecurrentDepthTransformer(
-        ModelConfig(d_model=16, n_heads=2, n_prelude_layers=1, n_core_layers=1, n_coda_layers=1, max_loops=5),
-        VOCAB,
-    )
-    for block in model.core:
-        torch.nn.init.normal_(block.attn_out.weight, std=0.3)
-        torch.nn.init.normal_(block.mlp_out.weight, std=0.3)
+def randomise_core(model: RecurrentDepthTransformer) -> RecurrentDepthTransformer:
+    """Fill the zero-initialised output projections, so that every loop changes the state."""
+    for group in model.core:
+        for block in group:
+            torch.nn.init.normal_(block.attn_out.weight, std=0.3)
+            torch.nn.init.normal_(block.mlp_out.weight, std=0.3)
     return model.eval()
 
 
-def queries() -> torch.Tensor:
+@pytest.fixture(scope="module")
+def model() -> RecurrentDepthTransformer:
+    torch.manual_seed(0)
+    config = ModelConfig(d_model=16, n_heads=2, n_prelude_layers=1, n_core_layers=1, n_coda_layers=1, max_loops=5)
+    return randomise_core(RecurrentDepthTransformer(config, VOCAB))
+
+
+def queries(length: int = 4) -> torch.Tensor:
     heads = torch.tensor([0, 5, 9])
     relations = torch.tensor([[0, 1], [2, 2], [1, 0]])
-    return VOCAB.encode(heads, relations, length=4)
+    return VOCAB.encode(heads, relations, length=length)
 
 
-def test_per_loop_logits_have_one_entry_per_loop(model):
+def test_per_loop_logits_have_one_entry_per_loop_and_depend_on_it(model):
     logits = model(queries(), n_loops=5)
     assert logits.shape == (5, 3, VOCAB.n_entities)
-
-
-def test_per_loop_logits_depend_on_the_loop(model):
-    logits = model(queries(), n_loops=5)
     assert not torch.allclose(logits[0], logits[1])
     assert not torch.allclose(logits[3], logits[4])
 
@@ -49,12 +47,56 @@ def test_last_loop_only_readout_matches_every_loop_readout(model):
 
 def test_core_output_projections_start_at_zero():
     fresh = RecurrentDepthTransformer(ModelConfig(d_model=16, n_heads=2), VOCAB)
-    for block in fresh.core:
+    for block in fresh.core[0]:
         assert block.attn_out.weight.abs().sum() == 0 and block.mlp_out.weight.abs().sum() == 0
 
 
 def test_padding_does_not_change_the_answer(model):
-    heads, relations = torch.tensor([4]), torch.tensor([[1, 2]])
-    short = model(VOCAB.encode(heads, relations, length=3), 3)
-    padded = model(VOCAB.encode(heads, relations, length=6), 3)
-    assert torch.allclose(short, padded, atol=1e-5)
+    assert torch.allclose(model(queries(3), 3), model(queries(7), 3), atol=1e-5)
+
+
+def test_positions_do_not_cap_query_length(model):
+    heads, relations = torch.tensor([1]), torch.randint(0, 3, (1, 40))
+    assert model(VOCAB.encode(heads, relations, 41), 2).shape == (2, 1, 16)
+
+
+def test_hook_points_carry_the_loop_index_and_a_cached_state_patched_back_changes_nothing(model):
+    cache = ActivationCache()
+    clean = model(queries(), 3, hook=cache)
+    assert {f"loop.{t}.resid_post" for t in (1, 2, 3)} <= set(cache.activations)
+    assert not torch.allclose(cache["loop.1.resid_post"], cache["loop.2.resid_post"])
+    patched = model(queries(), 3, hook=patch_position("loop.2.resid_post", 2, cache["loop.2.resid_post"]))
+    assert torch.equal(clean, patched)
+
+
+def test_hook_can_replace_an_activation(model):
+    zeroed = model(queries(), 3, hook=lambda name, x: torch.zeros_like(x) if name == "loop.3.resid_post" else None)
+    assert not torch.allclose(zeroed[-1], model(queries(), 3)[-1])
+
+
+def test_truncated_backprop_reaches_only_the_last_loops():
+    torch.manual_seed(0)
+    model = randomise_core(RecurrentDepthTransformer(ModelConfig(d_model=16, n_heads=2, n_prelude_layers=1), VOCAB)).train()
+    model(queries(), 4, every_loop=False, backprop_loops=2).sum().backward()
+    # The prelude feeds the injection of every loop, so it still gets gradient; the detach cuts the state path.
+    assert model.prelude[0].qkv.weight.grad is not None
+    full = RecurrentDepthTransformer(ModelConfig(d_model=16, n_heads=2, n_prelude_layers=1), VOCAB)
+    full.load_state_dict(model.state_dict())
+    full.train()
+    full(queries(), 4, every_loop=False).sum().backward()
+    assert not torch.allclose(model.core[0][0].qkv.weight.grad, full.core[0][0].qkv.weight.grad)
+
+
+def test_vanilla_baseline_has_distinct_cores_and_stops_at_its_depth():
+    config = ExperimentConfig.from_dict(
+        {"model": {"d_model": 16, "n_heads": 2, "architecture": "vanilla", "max_loops": 6}, "train": {"train_loops": 3}}
+    )
+    torch.manual_seed(0)
+    vanilla = randomise_core(build_model(config, VOCAB))
+    looped = build_model(config.model_copy(update={"model": config.model.model_copy(update={"architecture": "looped"})}), VOCAB)
+    assert len(vanilla.core) == 3 and len(looped.core) == 1
+    per_core = sum(p.numel() for p in looped.core.parameters())
+    assert sum(p.numel() for p in vanilla.core.parameters()) == 3 * per_core
+    logits = vanilla(queries(), 6)
+    assert not torch.allclose(logits[1], logits[2])
+    assert torch.allclose(logits[2], logits[5])  # no computation past its depth

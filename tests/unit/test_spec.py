@@ -65,7 +65,7 @@ def test_invalid_spec_names_file_and_key(case, tmp_path):
 
 def test_yaml_syntax_error_names_file_and_line(tmp_path):
     path = tmp_path / "broken.yaml"
-    path.write_text("name: smoke\nbase: {model: [1, 2\nmetric: acc/test\n")
+    path.write_text("name: smoke\nbase: {model: [1, 2\nmetric: acc/id\n")
     with pytest.raises(SpecError, match=rf"^{path}: line \d+, column \d+: invalid YAML"):
         load_spec(path)
 

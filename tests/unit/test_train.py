@@ -1,13 +1,17 @@
+import re
+
 import pytest
 import torch
 
 from rdt_core.config import ExperimentConfig
-from rdt_core.train import reported_metric_names, train_worker
+from rdt_core.train import reported_metric_names, split_hop_counts, train_worker
 
 TINY = {
-    "data": {"n_entities": 12, "n_relations": 2, "inferred_ratio": 1.0, "n_test_queries": 16},
-    "model": {"d_model": 32, "n_heads": 2, "max_loops": 3},
+    "data": {"n_entities": 24, "n_relations": 4, "inferred_ratio": 1.0, "n_test_queries": 16,
+             "ood_fraction": 0.25, "test_max_hops": 3},
+    "model": {"d_model": 32, "n_heads": 2, "max_loops": 4},
     "train": {"steps": 60, "eval_every": 20, "train_loops": 2, "batch_size": 32, "warmup_steps": 5},
+    "eval": {"n_train_eval_per_hop": 32, "n_lens_queries": 8, "n_patching_queries": 8},
 }
 
 
@@ -17,44 +21,91 @@ def run(config: ExperimentConfig) -> list[dict[str, float]]:
     return reports
 
 
+def without_timings(report: dict[str, float]) -> dict[str, float]:
+    return {key: value for key, value in report.items() if not key.startswith("time/")}
+
+
 @pytest.fixture(scope="module")
 def reports() -> list[dict[str, float]]:
     torch.set_num_threads(1)
     return run(ExperimentConfig.from_dict(TINY))
 
 
-def test_reports_every_eval_step_with_accuracy_at_every_loop(reports):
+def test_reports_every_eval_step_with_accuracy_per_split_hop_and_loop(reports):
     assert [report["step"] for report in reports] == [20, 40, 60]
     for report in reports:
-        for loop in (1, 2, 3):
-            assert 0.0 <= report[f"acc/test/loop_{loop:02d}"] <= 1.0
-        assert report["acc/test"] == report["acc/test/loop_02"]  # the trained loop count
+        for split, hops in (("train", 1), ("train", 2), ("id", 2), ("id", 3), ("ood", 3)):
+            for loop in range(1, 5):
+                assert 0.0 <= report[f"acc/{split}/hops_{hops}/loop_{loop:02d}"] <= 1.0
+        assert report["acc/id/hops_3"] == report["acc/id/hops_3/loop_02"]  # at the trained loop count
+        assert 1.0 <= report["halting/id/mean_loops"] <= 4.0
 
 
-def test_only_the_last_report_carries_the_summary(reports):
-    assert all("final/acc/test" not in report for report in reports[:-1])
-    assert reports[-1]["final/acc/test"] == reports[-1]["acc/test"]
+def test_the_last_report_carries_the_summary_grid_lens_and_patching(reports):
+    assert all("final/acc/id" not in report for report in reports[:-1])
+    last = reports[-1]
+    assert last["final/acc/id"] == last["acc/id"]
+    assert "halting/id/kl_0.01_h_off/acc" in last and "halting/id/kl_0.01_h_off/acc" not in reports[0]
+    assert "lens/ood/hops_3/bridge_2/top1/loop_04" in last
+    assert "patching/hops_2/loop_04/pos_3" in last
+    assert last["phase/train/reached"] in (0.0, 1.0)
 
 
-def test_every_reported_name_is_declared(reports):
+def test_every_reported_name_is_declared_and_a_valid_mlflow_metric_name(reports):
     declared = reported_metric_names(ExperimentConfig.from_dict(TINY))
-    assert set(reports[-1]) <= declared
+    for report in reports:
+        assert set(report) <= declared, set(report) - declared
+    valid = re.compile(r"^[\w\-. :/]+$")  # what MLflow accepts in a metric name
+    assert [name for name in declared if not valid.match(name)] == []
+
+
+def test_split_hop_counts_follow_the_config():
+    assert split_hop_counts(ExperimentConfig.from_dict(TINY)) == {"train": [1, 2], "id": [2, 3], "ood": [2, 3]}
+    assert "ood" not in split_hop_counts(ExperimentConfig())
 
 
 def test_same_seed_same_metrics_on_cpu(reports):
     again = run(ExperimentConfig.from_dict(TINY))
-    for first, second in zip(reports, again):
-        assert {k: v for k, v in first.items() if not k.startswith("time/")} == {
-            k: v for k, v in second.items() if not k.startswith("time/")
-        }
+    assert [without_timings(report) for report in reports] == [without_timings(report) for report in again]
 
 
 def test_overfits_one_small_graph():
-    """Memorisation, the first grokking stage: all trained facts learnt."""
+    """Memorisation, the first grokking stage: all trained facts learnt, and the phase recorded."""
     torch.set_num_threads(1)
     config = ExperimentConfig.from_dict(
-        TINY, {"train.steps": 400, "train.eval_every": 400, "train.lr": 0.01, "train.weight_decay": 0.0}
+        TINY, {"train.steps": 400, "train.eval_every": 100, "train.lr": 0.01, "train.weight_decay": 0.0}
     )
     final = run(config)[-1]
     assert final["acc/train"] > 0.95
     assert final["loss/train"] < 0.5
+    assert final["phase/train/reached"] == 1.0 and final["phase/train/step"] <= 400
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"train.loops_sampling": "poisson", "model.max_loops": 6},
+        {"train.backprop_loops": 1},
+        {"train.progressive_loss_weight": 0.5},
+        {"train.curriculum": True, "data.train_max_hops": 3, "train.curriculum_level": 0.01},
+        {"model.architecture": "vanilla"},
+    ],
+    ids=["poisson", "truncated", "progressive", "curriculum", "vanilla"],
+)
+def test_training_variants_run_and_report(overrides):
+    torch.set_num_threads(1)
+    config = ExperimentConfig.from_dict(TINY, {**overrides, "train.steps": 40})
+    reports = run(config)
+    assert reports[-1]["loss/train"] > 0
+    if overrides.get("train.loops_sampling") == "poisson":
+        assert any(report["loops/train"] != 2 for report in reports)
+    if overrides.get("train.curriculum"):
+        assert [report["curriculum/max_hops"] for report in reports] == [2.0, 3.0]  # unlocked after step 20
+
+
+def test_curriculum_starts_at_two_hops():
+    torch.set_num_threads(1)
+    config = ExperimentConfig.from_dict(
+        TINY, {"train.curriculum": True, "data.train_max_hops": 3, "train.curriculum_level": 1.0, "train.steps": 20}
+    )
+    assert run(config)[-1]["curriculum/max_hops"] == 2.0

@@ -1,0 +1,82 @@
+"""Draw the figures of docs/results.md from the runs in docs/runs (JSON lines from
+``python -m rdt_core.train CONFIG --out docs/runs/NAME.jsonl``): ``python docs/figures.py``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+DOCS = Path(__file__).resolve().parent
+RUNS, FIGURES = DOCS / "runs", DOCS / "figures"
+
+
+def reports(name: str) -> list[dict[str, float]]:
+    return [json.loads(line) for line in (RUNS / f"{name}.jsonl").read_text().splitlines()]
+
+
+def by_loop(report: dict[str, float], prefix: str) -> list[float]:
+    loops = sorted(int(key.rsplit("_", 1)[1]) for key in report if key.startswith(f"{prefix}/loop_"))
+    return [report[f"{prefix}/loop_{loop:02d}"] for loop in loops]
+
+
+def phases() -> None:
+    runs = reports("phases")
+    steps = [run["step"] for run in runs]
+    figure, axes = plt.subplots(figsize=(6, 3.5))
+    for split, colour in (("train", "tab:blue"), ("id", "tab:orange"), ("ood", "tab:green")):
+        axes.plot(steps, [run[f"acc/{split}"] for run in runs], label=split, color=colour)
+        onset = runs[-1].get(f"phase/{split}/step")
+        if onset:
+            axes.axvline(onset, color=colour, linestyle=":", linewidth=1)
+    axes.set(xlabel="optimizer step", ylabel="accuracy at R = 4 loops", ylim=(0, 1), title="Grokking phases")
+    axes.legend()
+    save(figure, "phases.png")
+
+
+def overthinking() -> None:
+    last = reports("depth_looped_fixed")[-1]
+    accuracy = by_loop(last, "acc/id/hops_2")
+    loops = range(1, len(accuracy) + 1)
+    figure, axes = plt.subplots(figsize=(6, 3.5))
+    axes.plot(loops, accuracy, marker="o")
+    peak = max(range(len(accuracy)), key=accuracy.__getitem__)
+    axes.annotate(f"peak {accuracy[peak]:.2f} at loop {peak + 1}", (peak + 1, accuracy[peak]),
+                  textcoords="offset points", xytext=(0, -25), ha="center")
+    axes.axvline(4, color="grey", linestyle=":", label="trained R = 4")
+    axes.set(xlabel="inference loops", ylabel="accuracy, held-out 2-hop (id)", ylim=(0, 1), title="Overthinking")
+    axes.legend()
+    save(figure, "overthinking.png")
+
+
+def depth() -> None:
+    figure, panels = plt.subplots(1, 2, figsize=(10, 3.5), sharey=True)
+    for axes, (name, title) in zip(panels, (("depth_looped_fixed", "looped, R = 4"), ("depth_vanilla", "vanilla, 4 distinct cores"))):
+        last = reports(name)[-1]
+        for hops in (2, 3, 4):
+            accuracy = by_loop(last, f"acc/id/hops_{hops}")
+            axes.plot(range(1, len(accuracy) + 1), accuracy, marker="o", label=f"{hops} hops" + (" (trained)" if hops == 2 else ""))
+        axes.axvline(4, color="grey", linestyle=":")
+        axes.axhline(1 / 32, color="grey", linewidth=0.5)
+        axes.set(xlabel="inference loops", title=title, ylim=(0, 1))
+    panels[0].set_ylabel("accuracy, id test queries")
+    panels[0].legend()
+    save(figure, "depth.png")
+
+
+def save(figure, name: str) -> None:
+    FIGURES.mkdir(exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(FIGURES / name, dpi=110)
+    plt.close(figure)
+
+
+if __name__ == "__main__":
+    overthinking()
+    depth()
+    if (RUNS / "phases.jsonl").exists():
+        phases()
