@@ -25,17 +25,32 @@ def by_loop(report: dict[str, float], prefix: str) -> list[float]:
 
 
 def phases() -> None:
-    runs = reports("phases")
+    """Left: train, id and ood accuracy over training (phases.yaml). Right: train, id 2-hop and the
+    never-trained 3-hop queries at 12 inference loops (depth_looped_fixed.yaml)."""
+    figure, panels = plt.subplots(1, 2, figsize=(10, 3.5), sharey=True)
+    systematic = reports("phases")
+    curves = [("acc/train", "train (R = 4)"), ("acc/id", "id 2-hop (R = 4)"), ("acc/ood", "ood 2-hop (R = 4)")]
+    draw_over_steps(panels[0], systematic, curves, "systematic split (20% of facts held out)")
+    deeper = reports("depth_looped_fixed")
+    curves = [("acc/train", "train (R = 4)"), ("acc/id/hops_2", "id 2-hop (R = 4)"),
+              ("acc/id/hops_3/loop_12", "id 3-hop, untrained depth (12 loops)")]
+    draw_over_steps(panels[1], deeper, curves, "depth split (trained on 1-2 hops)")
+    panels[0].set_ylabel("accuracy")
+    save(figure, "phases.png")
+
+
+def draw_over_steps(axes, runs: list[dict[str, float]], curves: list[tuple[str, str]], title: str) -> None:
     steps = [run["step"] for run in runs]
-    figure, axes = plt.subplots(figsize=(6, 3.5))
-    for split, colour in (("train", "tab:blue"), ("id", "tab:orange"), ("ood", "tab:green")):
-        axes.plot(steps, [run[f"acc/{split}"] for run in runs], label=split, color=colour)
+    for metric, label in curves:
+        axes.plot(steps, [run[metric] for run in runs], label=label)
+    for split in ("train", "id", "ood"):
         onset = runs[-1].get(f"phase/{split}/step")
         if onset:
-            axes.axvline(onset, color=colour, linestyle=":", linewidth=1)
-    axes.set(xlabel="optimizer step", ylabel="accuracy at R = 4 loops", ylim=(0, 1), title="Grokking phases")
-    axes.legend()
-    save(figure, "phases.png")
+            axes.axvline(onset, color="grey", linestyle=":", linewidth=1)
+            axes.annotate(f"{split} >= 0.9", (onset, 0.02), rotation=90, fontsize=7, color="grey")
+    axes.axhline(1 / 32, color="grey", linewidth=0.5)
+    axes.set(xlabel="optimizer step", ylim=(0, 1), title=title)
+    axes.legend(fontsize=8)
 
 
 def overthinking() -> None:
@@ -78,5 +93,4 @@ def save(figure, name: str) -> None:
 if __name__ == "__main__":
     overthinking()
     depth()
-    if (RUNS / "phases.jsonl").exists():
-        phases()
+    phases()

@@ -1,9 +1,10 @@
 """Logit lens: which loop resolves which hop.
 
-The readout (coda, final norm, tied unembedding) is applied to the state after every loop, at the last
-position; for each k-hop query we record the rank of each bridge entity and of the answer among all
-entities. A bridge ranked first after loop t and the answer only after a later loop is the signature of a
-model that resolves one hop per loop. At the last loop the lens is the model's own output, by construction.
+The readout (coda, final norm, tied unembedding) is applied to the state after every loop. Bridge j of a
+k-hop query is read at the position of relation j, where the causal model can first know it (head and
+r1..rj are to its left); the answer is read at the last position, where the model reads it. A bridge
+ranked first after loop t and the next one only after a later loop is the signature of a model that
+resolves one hop per loop. At the last loop the answer's lens is the model's own output, by construction.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from rdt_core.data.queries import QuerySet
+from rdt_core.model.hooks import ActivationCache
 from rdt_core.model.transformer import RecurrentDepthTransformer
 
 
@@ -18,14 +20,23 @@ from rdt_core.model.transformer import RecurrentDepthTransformer
 def target_ranks(model: RecurrentDepthTransformer, queries: QuerySet, n_loops: int) -> torch.Tensor:
     """Rank (0 = top) of each bridge and of the answer after each loop: -> (n_loops, Q, K) long, where
     column j < hops - 1 is bridge j + 1, column K - 1 the answer, and unused columns -1."""
-    logits = model(queries.tokens, n_loops).float()  # (n_loops, Q, E)
+    cache = ActivationCache(keep=lambda name: name.endswith("resid_post"))
+    model(queries.tokens, n_loops, every_loop=False, hook=cache)
+    attn_mask = model.attention_mask(queries.tokens)
+    n_queries, length = queries.tokens.shape
     targets = torch.cat([queries.bridges, queries.answers[:, None]], dim=1)  # (Q, K), -1 padded
-    ranks = torch.full((n_loops, *targets.shape), -1, dtype=torch.long, device=logits.device)
-    for column in range(targets.shape[1]):
-        target = targets[:, column].clamp(min=0)  # (Q,)
-        target_logit = logits.gather(-1, target[None, :, None].expand(n_loops, -1, 1))  # (n_loops, Q, 1)
-        rank = (logits > target_logit).sum(-1)  # (n_loops, Q)
-        ranks[:, :, column] = torch.where(targets[:, column] >= 0, rank, -1)
+    first_relation = length - queries.hops  # (Q,) position of r1 in the left-padded row
+    columns = torch.arange(targets.shape[1], device=targets.device)
+    positions = (first_relation[:, None] + columns).clamp(max=length - 1)  # (Q, K): bridge j at r_j
+    positions[:, -1] = length - 1  # the answer at the last position
+    rows = torch.arange(n_queries, device=targets.device)[:, None]
+    ranks = torch.full((n_loops, *targets.shape), -1, dtype=torch.long, device=targets.device)
+    for loop in range(1, n_loops + 1):
+        logits = model.readout(cache[f"loop.{loop}.resid_post"], attn_mask, all_positions=True).float()
+        at_targets = logits[rows, positions]  # (Q, K, E): the logits where each target is read
+        target_logit = at_targets.gather(-1, targets.clamp(min=0)[..., None])  # (Q, K, 1)
+        rank = (at_targets > target_logit).sum(-1)  # (Q, K)
+        ranks[loop - 1] = torch.where(targets >= 0, rank, -1)
     return ranks
 
 

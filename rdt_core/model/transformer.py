@@ -134,7 +134,7 @@ class RecurrentDepthTransformer(nn.Module):
 
     def encode(self, tokens: torch.Tensor, hook: Hook | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The injected input and the attention mask: tokens (B, T) -> (B, T, D), (B, 1, T, T)."""
-        attn_mask = self._attention_mask(tokens)
+        attn_mask = self.attention_mask(tokens)
         injected = run_hook(hook, "embed", self.embed(tokens))
         for index, layer in enumerate(self.prelude):
             injected = run_hook(hook, f"prelude.{index}", layer(injected, attn_mask))
@@ -155,15 +155,21 @@ class RecurrentDepthTransformer(nn.Module):
         return run_hook(hook, f"loop.{loop}.resid_post", state)
 
     def readout(
-        self, state: torch.Tensor, attn_mask: torch.Tensor, loop: int = 0, hook: Hook | None = None
+        self,
+        state: torch.Tensor,
+        attn_mask: torch.Tensor,
+        loop: int = 0,
+        hook: Hook | None = None,
+        all_positions: bool = False,
     ) -> torch.Tensor:
-        """Entity logits at the last position: state (B, T, D) -> (B, n_entities)."""
+        """Entity logits at the last position: state (B, T, D) -> (B, n_entities); with
+        ``all_positions``, at every position (B, T, n_entities), as the logit lens reads them."""
         for index, layer in enumerate(self.coda):
             state = run_hook(hook, f"coda.{loop}.{index}", layer(state, attn_mask))
-        last = self.final_norm(state[:, -1])  # (B, D)
-        return last @ self.embed.weight[: self.vocab.n_entities].T
+        read = state if all_positions else state[:, -1]  # (B, T, D) or (B, D)
+        return self.final_norm(read) @ self.embed.weight[: self.vocab.n_entities].T
 
-    def _attention_mask(self, tokens: torch.Tensor) -> torch.Tensor:
+    def attention_mask(self, tokens: torch.Tensor) -> torch.Tensor:
         """Causal attention to real tokens; a padding position attends to itself so no row is empty."""
         length = tokens.shape[1]
         causal = torch.ones(length, length, dtype=torch.bool, device=tokens.device).tril()  # (T, T)

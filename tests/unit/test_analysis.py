@@ -98,3 +98,17 @@ def test_patching_the_read_out_state_recovers_everything():
     keep = changed.nonzero().squeeze(1)
     recovery = patching_grid(no_coda, queries.subset(keep), tokens[keep], n_loops=3)
     assert recovery[-1, -1].item() == pytest.approx(1.0, abs=1e-9)
+
+
+def test_lens_reads_each_bridge_at_its_relations_position(model):
+    queries = SPLITS.tests["id"].with_hops(3)
+    ranks = target_ranks(model, queries, 3)
+    cache = {}
+    model(queries.tokens, 3, hook=lambda name, x: cache.__setitem__(name, x) if name == "loop.2.resid_post" else None)
+    logits = model.readout(cache["loop.2.resid_post"], model.attention_mask(queries.tokens), all_positions=True)
+    length = queries.tokens.shape[1]
+    for column, position in ((0, length - 3), (1, length - 2)):  # bridge 1 at r1, bridge 2 at r2
+        at_position = logits[torch.arange(len(queries)), position]  # (Q, E)
+        target = queries.bridges[:, column]
+        expected = (at_position > at_position.gather(1, target[:, None])).sum(1)
+        assert torch.equal(ranks[1, :, column], expected)
