@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from rdt_core.config import ExperimentConfig
 from rdt_core.data.queries import QuerySet, Splits, build_splits, n_held_out_facts
 from rdt_core.eval import SplitResult, evaluate, halting_rules, split_metrics
+from rdt_core.halting import halting_inference
 from rdt_core.lens import lens_metrics, target_ranks
 from rdt_core.model.transformer import RecurrentDepthTransformer, build_model
 from rdt_core.patching import corrupt_first_relation, patching_grid, patching_metrics
@@ -60,7 +61,7 @@ def reported_metric_names(config: ExperimentConfig) -> set[str]:
         )
         split_names = split_metrics(split, placeholder, 1, rules).keys()
         names |= set(split_names) | {f"final/{name}" for name in split_names}
-        names |= {f"phase/{split}/step", f"phase/{split}/reached"}
+        names |= {f"phase/{split}/step", f"phase/{split}/reached", f"halting/{split}/loops_saved"}
         if split != "train":
             for k in hop_counts:
                 names |= set(lens_metrics(split, k, torch.zeros(max_loops, 1, max(hop_counts))).keys())
@@ -231,11 +232,15 @@ def final_analysis(
     config: ExperimentConfig,
     device: torch.device,
 ) -> dict[str, float]:
-    """Logit lens on every test split and hop count, and the activation-patching grid."""
+    """Logit lens on every test split and hop count, the activation-patching grid, and the share of
+    loops that the stopping halting path saves (``halting/<split>/loops_saved``)."""
     model.eval()
     max_loops = config.model.max_loops
+    rule = halting_rules(config.eval, with_grid=False)[0]
     metrics: dict[str, float] = {}
     for split, queries in eval_sets.items():
+        halted = halting_inference(model, queries.tokens, max_loops, rule)
+        metrics[f"halting/{split}/loops_saved"] = halted.loops_saved / (len(queries) * max_loops)
         if split == "train":
             continue
         for hops in queries.hop_counts():

@@ -49,6 +49,7 @@ def test_the_last_report_carries_the_summary_grid_lens_and_patching(reports):
     assert "lens/ood/hops_3/bridge_2/top1/loop_04" in last
     assert "patching/hops_2/loop_04/pos_3" in last
     assert last["phase/train/reached"] in (0.0, 1.0)
+    assert 0.0 <= last["halting/id/loops_saved"] < 1.0
 
 
 def test_every_reported_name_is_declared_and_a_valid_mlflow_metric_name(reports):
