@@ -30,6 +30,7 @@ from rdt_core.model.transformer import RecurrentDepthTransformer, build_model
 from rdt_core.patching import corrupt_first_relation, patching_grid, patching_metrics
 
 Reporter = Callable[[dict[str, float]], None]
+FINAL_REPORT_KEY = "time/train_s"  # only the last report, sent once training has finished, carries it
 
 
 def split_hop_counts(config: ExperimentConfig) -> dict[str, list[int]]:

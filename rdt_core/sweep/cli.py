@@ -1,4 +1,5 @@
-"""``python sweeps/run.py SPEC.yaml``: validate the spec, run the sweep, print where to look.
+"""``python sweeps/run.py SPEC.yaml [--set key=value ...] [--dry-run]``: validate the spec, run the sweep,
+print where to look.
 
 Exit status: 0 when every trial finished, 1 when a trial or the sweep failed, 2 for invalid input
 (one line naming the file and the key, printed before Ray or MLflow is touched).
@@ -10,26 +11,41 @@ import argparse
 import sys
 from pathlib import Path
 
+import yaml
+
 from rdt_core.sweep.spec import SpecError, load_spec
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sweeps/run.py", description=__doc__.splitlines()[0])
     parser.add_argument("spec", type=Path, help="sweep spec (YAML), e.g. sweeps/smoke.yaml")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a spec key by its dotted path, e.g. --set base.train.steps=200 --set num_samples=2",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="validate and print the resolved plan; start nothing")
     args = parser.parse_args(argv)
     try:
-        spec = load_spec(args.spec)
+        spec = load_spec(args.spec, args.overrides)
     except SpecError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
-    from rdt_core.sweep.runner import run_sweep  # imports Ray: only once the spec is known good
+    from rdt_core.sweep.runner import SweepPlan, run_sweep  # imports Ray: only once the spec is known good
 
-    outcome = run_sweep(spec, args.spec)
+    plan = SweepPlan.resolve(spec, args.spec)
+    if args.dry_run:
+        print(yaml.safe_dump(plan.as_dict(), sort_keys=False), end="")
+        return 0
+    outcome = run_sweep(plan)
+    metric = spec.objectives()[0][0]
     print(f"\nsweep {spec.name}: {outcome.n_trials} trials, {outcome.n_failed} failed")
-    print(f"best {spec.metric} = {outcome.best_metrics.get(spec.metric, float('nan')):.4f} with")
+    print(f"best {metric} = {outcome.best_metrics.get(metric, float('nan')):.4f} with")
     for key, value in sorted(outcome.best_config.items()):
         print(f"  {key} = {value}")
+    if outcome.pareto_front:
+        print(f"Pareto front: {len(outcome.pareto_front)} trials (pareto_front.json on the parent run)")
+    print(f"Optuna study {outcome.study_name} in {plan.optuna_storage}")
     print(f"MLflow parent run {outcome.parent_run_id} in {outcome.tracking_uri}")
     if outcome.tracking_uri.startswith("sqlite:"):
         mlflow_command = Path(sys.executable).parent / "mlflow"

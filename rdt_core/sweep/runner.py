@@ -7,6 +7,7 @@ Train V2) and forwards its workers' reports to Tune through ``TuneReportCallback
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,13 +19,14 @@ from ray import train as ray_train
 from ray import tune
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler, HyperBandScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from rdt_core.config import ExperimentConfig
 from rdt_core.sweep.spec import Choice, FloatRange, IntRange, SweepSpec
 from rdt_core.sweep.tracking import MlflowTrialCallback, SweepTracker, metrics_of, resolve_tracking_uri
-from rdt_core.train import train_worker
+from rdt_core.train import FINAL_REPORT_KEY, train_worker
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,8 @@ class SweepOutcome:
     best_metrics: dict[str, float]
     n_trials: int
     n_failed: int
+    study_name: str
+    pareto_front: list[dict[str, Any]]
 
 
 def tune_search_space(spec: SweepSpec) -> dict[str, Any]:
@@ -47,7 +51,7 @@ def tune_search_space(spec: SweepSpec) -> dict[str, Any]:
             space[key] = tune.loguniform(distribution.low, distribution.high)
         elif isinstance(distribution, FloatRange):
             space[key] = tune.uniform(distribution.low, distribution.high)
-        elif isinstance(distribution, Choice):
+        elif isinstance(distribution, Choice):  # grid values too: the GridSampler walks them
             space[key] = tune.choice(distribution.values)
     return space
 
@@ -103,60 +107,190 @@ def make_trainable(spec: SweepSpec, storage_path: str) -> Any:
     return tune.with_resources(trainable, {"cpu": 0.01})
 
 
-def run_sweep(spec: SweepSpec, spec_path: Path) -> SweepOutcome:
-    """Run the whole sweep: parent run, trials, best trial; Ray is joined or started as needed."""
-    tracking_uri = resolve_tracking_uri(spec.tracking_uri)
-    storage_path = str(Path(spec.storage_path or "ray_results").resolve())
-    tracker = SweepTracker(tracking_uri, spec.name)
+class PruningAwareOptunaSearch(OptunaSearch):
+    """OptunaSearch that records a trial stopped early by the scheduler as PRUNED.
+
+    Ray 2.60's OptunaSearch tells Optuna COMPLETE for every trial that ends without an error, early
+    stopped or not, which feeds truncated runs to TPE as finished ones and misleads the dashboards.
+    A trial that ran to its end sent the summary (``FINAL_REPORT_KEY``) in its last report; one that
+    the scheduler stopped did not.
+    """
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        stopped_early = result is not None and not error and FINAL_REPORT_KEY not in result
+        if stopped_early and trial_id not in self._completed_trials:
+            self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
+            self._completed_trials.add(trial_id)
+            return
+        super().on_trial_complete(trial_id, result=result, error=error)
+
+
+def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
+    seed = spec.sampler.seed
+    kind = spec.sampler.type
+    if kind == "grid":
+        grid = {key: dist.bounds() for key, dist in spec.search_space.items()}
+        return optuna.samplers.GridSampler(grid, seed=seed)
+    if kind == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed)
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if kind == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def make_scheduler(spec: SweepSpec) -> Any:
+    """ASHA or HyperBand over evaluations (one Tune iteration per report), or None for FIFO."""
+    base = spec.base_config().train
+    evaluations = math.ceil(base.steps / base.eval_every)
+    if spec.scheduler.type == "asha":
+        return ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=evaluations,
+            grace_period=min(spec.scheduler.grace_period, evaluations),
+            reduction_factor=spec.scheduler.reduction_factor,
+        )
+    if spec.scheduler.type == "hyperband":
+        return HyperBandScheduler(
+            time_attr="training_iteration", max_t=evaluations, reduction_factor=spec.scheduler.reduction_factor
+        )
+    return None
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """Everything a sweep will do, resolved from the spec and the environment, before anything starts."""
+
+    spec: SweepSpec
+    spec_path: str
+    tracking_uri: str
+    storage_path: str
+    optuna_storage: str
+
+    @classmethod
+    def resolve(cls, spec: SweepSpec, spec_path: Path) -> "SweepPlan":
+        tracking_uri = resolve_tracking_uri(spec.tracking_uri)
+        return cls(
+            spec=spec,
+            spec_path=str(spec_path),
+            tracking_uri=tracking_uri,
+            storage_path=str(Path(spec.storage_path or "ray_results").resolve()),
+            optuna_storage=spec.optuna_storage or default_optuna_storage(tracking_uri),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        spec = self.spec
+        metrics, modes = spec.objectives()
+        return {
+            "name": spec.name,
+            "spec": self.spec_path,
+            "objectives": [{"metric": metric, "mode": mode} for metric, mode in zip(metrics, modes)],
+            "trials": spec.trial_count(),
+            "max_concurrent_trials": spec.max_concurrent_trials,
+            "sampler": spec.sampler.model_dump(),
+            "scheduler": spec.scheduler.model_dump(),
+            "search_space": {key: dist.model_dump() for key, dist in spec.search_space.items()},
+            "resources_per_trial": {
+                **spec.resources.model_dump(),
+                "runs_in": "Ray Train TorchTrainer" if spec.resources.workers_per_trial > 1 else "the Tune trial",
+            },
+            "tracking_uri": self.tracking_uri,
+            "storage_path": f"{self.storage_path}/{spec.name}",
+            "optuna_storage": self.optuna_storage,
+            "optuna_study": f"{spec.name}-<parent run id>",
+            "phase_diagrams": list(spec.phase_diagrams),
+            "base_config": spec.base_config().to_flat_dict(),
+        }
+
+
+def default_optuna_storage(tracking_uri: str) -> str:
+    """``optuna.db`` beside a SQLite MLflow store, else in the working directory."""
+    if tracking_uri.startswith("sqlite:///"):
+        store = Path(tracking_uri.removeprefix("sqlite:///"))
+        return f"sqlite:///{store.resolve().parent / 'optuna.db'}"
+    return f"sqlite:///{Path('optuna.db').resolve()}"
+
+
+def run_sweep(plan: SweepPlan) -> SweepOutcome:
+    """Run the whole sweep: parent run, trials, best trial, Pareto front, phase diagrams."""
+    spec = plan.spec
+    metrics, modes = spec.objectives()
+    tracker = SweepTracker(plan.tracking_uri, spec.name)
     parent_run_id = tracker.start_parent(
         spec.name,
         params={f"base.{key}": value for key, value in spec.base_config().to_flat_dict().items()},
-        tags={"sweep.spec_path": str(spec_path), "sweep.metric": spec.metric, "sweep.mode": spec.mode},
+        tags={
+            "sweep.spec_path": plan.spec_path,
+            "sweep.metric": metrics[0],
+            "sweep.mode": modes[0],
+            "optuna.storage": plan.optuna_storage,
+        },
     )
+    study_name = f"{spec.name}-{parent_run_id}"  # unique per sweep; optuna-dashboard lists it by name
+    tracker.client.set_tag(parent_run_id, "optuna.study_name", study_name)
     tracker.client.log_text(parent_run_id, yaml.safe_dump(spec.model_dump(), sort_keys=False), "spec.yaml")
+    tracker.client.log_text(parent_run_id, yaml.safe_dump(plan.as_dict(), sort_keys=False), "plan.yaml")
 
     started_ray = not ray.is_initialized()
     succeeded = False
     try:
         if started_ray:
             ray.init()  # joins RAY_ADDRESS (or the job's cluster) when set, else starts a local Ray
-        searcher = OptunaSearch(
-            metric=spec.metric, mode=spec.mode, sampler=optuna.samplers.TPESampler(seed=spec.seed)
+        single = len(metrics) == 1
+        searcher = PruningAwareOptunaSearch(
+            metric=metrics[0] if single else metrics,
+            mode=modes[0] if single else modes,
+            sampler=make_sampler(spec),
+            storage=optuna.storages.RDBStorage(plan.optuna_storage),
+            study_name=study_name,
         )
         tuner = tune.Tuner(
-            make_trainable(spec, storage_path),
+            make_trainable(spec, plan.storage_path),
             param_space=tune_search_space(spec),
             tune_config=tune.TuneConfig(
                 search_alg=ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent_trials),
-                num_samples=spec.num_samples,
-                metric=spec.metric,
-                mode=spec.mode,
+                scheduler=make_scheduler(spec),
+                num_samples=spec.trial_count(),
+                metric=metrics[0] if single else None,
+                mode=modes[0] if single else None,
                 trial_dirname_creator=lambda trial: f"trial-{trial.trial_id}",
             ),
             run_config=tune.RunConfig(
                 name=spec.name,
-                storage_path=storage_path,
+                storage_path=plan.storage_path,
                 callbacks=[MlflowTrialCallback(tracker, spec.name, spec.base)],
                 verbose=1,
             ),
         )
         results = tuner.fit()
-        best = results.get_best_result()
+        best = results.get_best_result(metric=metrics[0], mode=modes[0])
         best_metrics = metrics_of(best.metrics or {})
         tracker.log_params(parent_run_id, {f"best.{key}": value for key, value in best.config.items()})
         tracker.log_metrics(
-            parent_run_id, {f"best/{spec.metric}": best_metrics.get(spec.metric, float("nan"))}, step=0
+            parent_run_id, {f"best/{m}": best_metrics.get(m, float("nan")) for m in metrics}, step=0
         )
+        study = optuna.load_study(study_name=study_name, storage=plan.optuna_storage)
+        front = pareto_front(study) if not single else []
+        if front:
+            tracker.client.log_dict(parent_run_id, {"metrics": metrics, "modes": modes, "front": front}, "pareto_front.json")
         succeeded = results.num_errors == 0
         return SweepOutcome(
             parent_run_id=parent_run_id,
-            tracking_uri=tracking_uri,
+            tracking_uri=plan.tracking_uri,
             best_config=dict(best.config),
             best_metrics=best_metrics,
             n_trials=len(results),
             n_failed=results.num_errors,
+            study_name=study_name,
+            pareto_front=front,
         )
     finally:
         tracker.finish(parent_run_id, succeeded=succeeded)
         if started_ray:
             ray.shutdown()
+
+
+def pareto_front(study: optuna.Study) -> list[dict[str, Any]]:
+    """The non-dominated trials of a multi-objective study: their parameters and objective values."""
+    return [{"params": trial.params, "values": trial.values} for trial in study.best_trials]

@@ -8,13 +8,14 @@ Every problem is raised as a :class:`SpecError` naming the file and the dotted k
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from rdt_core.config import ConfigError, ExperimentConfig, StrictModel, config_error_from
+from rdt_core.config import ConfigError, ExperimentConfig, StrictModel, config_error_from, set_dotted
 from rdt_core.train import reported_metric_names
 
 
@@ -59,9 +60,9 @@ class FloatRange(StrictModel):
 
 
 class Choice(StrictModel):
-    """One of ``values``."""
+    """One of ``values`` (``choice``: sampled; ``grid``: every value, with ``sampler.type: grid``)."""
 
-    type: Literal["choice"]
+    type: Literal["choice", "grid"]
     values: list[Any] = Field(min_length=1)
 
     def bounds(self) -> list[Any]:
@@ -69,15 +70,41 @@ class Choice(StrictModel):
 
 
 Distribution = Annotated[Union[IntRange, FloatRange, Choice], Field(discriminator="type")]
-DISTRIBUTION_TYPES = frozenset({"int", "float", "loguniform", "choice"})
+DISTRIBUTION_TYPES = frozenset({"int", "float", "loguniform", "choice", "grid"})
+
+
+class Sampler(StrictModel):
+    """Optuna's sampler: TPE (default), CMA-ES, random, NSGA-II (several objectives) or a full grid."""
+
+    type: Literal["tpe", "cmaes", "random", "nsga2", "grid"] = "tpe"
+    seed: int = Field(0, ge=0)
+
+
+class Scheduler(StrictModel):
+    """Early stopping of unpromising trials, counted in evaluations (``train.eval_every`` steps each)."""
+
+    type: Literal["fifo", "asha", "hyperband"] = "fifo"
+    grace_period: int = Field(1, ge=1, description="evaluations before a trial may be stopped (asha)")
+    reduction_factor: float = Field(3.0, gt=1.0)
+
+
+PhaseDiagram = Literal["overthinking", "grokking", "halting", "depth"]
 
 
 class Resources(StrictModel):
     """What one trial asks of the cluster. More than one worker runs the trial in Ray Train."""
 
-    workers_per_trial: int = Field(1, ge=1)
-    cpus_per_worker: float = Field(1.0, gt=0)
-    gpus_per_worker: float = Field(0.0, ge=0)
+    workers_per_trial: int = Field(1, ge=1, le=1024)
+    cpus_per_worker: float = Field(1.0, ge=0.01, le=512)
+    gpus_per_worker: float = Field(0.0, ge=0, le=16)
+
+    @model_validator(mode="after")
+    def _whole_gpus_above_one(self) -> "Resources":
+        if self.gpus_per_worker > 1 and not float(self.gpus_per_worker).is_integer():
+            raise ValueError(
+                f"gpus_per_worker {self.gpus_per_worker}: a share of one GPU, or a whole number of GPUs"
+            )
+        return self
 
 
 class SweepSpec(StrictModel):
@@ -85,21 +112,62 @@ class SweepSpec(StrictModel):
     description: str = ""
     base: dict[str, Any] = Field(default_factory=dict, description="config values that differ from defaults")
     search_space: dict[str, Distribution] = Field(default_factory=dict)
-    metric: str = "acc/id"
-    mode: Literal["max", "min"] = "max"
-    num_samples: int = Field(4, ge=1, description="trials")
+    metric: str | list[str] = Field("acc/id", description="objective(s); a list for several")
+    mode: Literal["max", "min"] | list[Literal["max", "min"]] = "max"
+    num_samples: int | None = Field(None, ge=1, description="trials; default 4, or the grid's size")
     max_concurrent_trials: int = Field(2, ge=1)
-    seed: int = Field(0, ge=0, description="seed of the Optuna sampler")
+    sampler: Sampler = Sampler()
+    scheduler: Scheduler = Scheduler()
     resources: Resources = Resources()
     tracking_uri: str | None = Field(None, description="MLflow store, unless MLFLOW_TRACKING_URI is set")
     storage_path: str | None = Field(None, description="Ray Tune results; default ./ray_results")
+    optuna_storage: str | None = Field(
+        None, description="SQLAlchemy URL of the Optuna study; default optuna.db beside a SQLite MLflow store"
+    )
+    phase_diagrams: list[PhaseDiagram] = Field(default_factory=list, description="drawn at the end")
+
+    def inconsistency(self) -> tuple[str, str] | None:
+        """The first (dotted key, problem) among keys that are valid alone but not together."""
+        metrics, modes = self.objectives()
+        if len(metrics) != len(modes):
+            return "mode", f"{len(metrics)} metrics but {len(modes)} modes: give one mode per metric"
+        if len(metrics) > 1 and self.scheduler.type != "fifo":
+            return "scheduler.type", f"{self.scheduler.type!r} stops trials on one metric, not {len(metrics)}"
+        if len(metrics) > 1 and self.sampler.type == "cmaes":
+            return "sampler.type", "'cmaes' optimises one metric; use 'nsga2' for several"
+        for key, distribution in self.search_space.items():
+            if distribution.type == "grid" and self.sampler.type != "grid":
+                return f"search_space.{key}", "a grid needs sampler.type 'grid'"
+            if self.sampler.type == "grid" and distribution.type not in ("grid", "choice"):
+                return f"search_space.{key}", f"sampler 'grid' needs values (grid or choice), not a {distribution.type} range"
+        if self.sampler.type == "grid":
+            if not self.search_space:
+                return "search_space", "sampler 'grid' needs at least one grid of values"
+            if self.num_samples is not None and self.num_samples != self.grid_size():
+                return "num_samples", f"{self.num_samples} differs from the grid's {self.grid_size()} points"
+        return None
+
+    def objectives(self) -> tuple[list[str], list[str]]:
+        """The metrics and their modes, as lists (one entry for a single objective)."""
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        modes = self.mode if isinstance(self.mode, list) else [self.mode]
+        return metrics, modes
+
+    def grid_size(self) -> int:
+        return math.prod(len(dist.bounds()) for dist in self.search_space.values())
+
+    def trial_count(self) -> int:
+        if self.num_samples is not None:
+            return self.num_samples
+        return self.grid_size() if self.sampler.type == "grid" else 4
 
     def base_config(self) -> ExperimentConfig:
         return ExperimentConfig.from_dict(self.base)
 
 
-def load_spec(path: str | Path) -> SweepSpec:
-    """Read, parse and validate the spec at ``path``; any problem is a one-line :class:`SpecError`."""
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> SweepSpec:
+    """Read, parse, override (``--set key=value`` items) and validate the spec at ``path``; any problem
+    is a one-line :class:`SpecError`."""
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"{path}: no such spec file")
@@ -112,7 +180,37 @@ def load_spec(path: str | Path) -> SweepSpec:
         raise SpecError(f"{path}: {where}: invalid YAML: {problem}") from None
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: (top level): expected a mapping of keys, got {type(raw).__name__}")
+    for item in overrides or []:
+        apply_override(raw, item, path)
     return validate_spec(raw, path)
+
+
+def apply_override(raw: dict[str, Any], item: str, path: Path) -> None:
+    """``KEY=VALUE`` with a dotted spec key (``base.train.steps=100``, ``num_samples=2``); the value is
+    read as YAML. Under ``search_space`` the config key keeps its dots: ``search_space.train.lr.high=0.1``
+    sets one bound, ``search_space.train.lr={type: choice, values: [0.01]}`` the whole entry."""
+    key, separator, text = item.partition("=")
+    if not separator or not key:
+        raise SpecError(f"{path}: --set {item}: expected KEY=VALUE")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise SpecError(f"{path}: --set {key}: the value is not valid YAML") from None
+    if key.startswith("search_space."):
+        space = raw.setdefault("search_space", {})
+        entry_key = key.removeprefix("search_space.")
+        if entry_key not in space and "." in entry_key:
+            entry_key, field = entry_key.rsplit(".", 1)
+            if not isinstance(space.get(entry_key), dict):
+                raise SpecError(f"{path}: --set {key}: no search_space entry {entry_key!r} to change")
+            space[entry_key][field] = value
+        else:
+            space[entry_key] = value
+        return
+    try:
+        set_dotted(raw, key, value)
+    except ConfigError as error:
+        raise SpecError(f"{path}: --set {key}: {error}") from None
 
 
 def validate_spec(raw: dict[str, Any], path: str | Path) -> SweepSpec:
@@ -121,6 +219,9 @@ def validate_spec(raw: dict[str, Any], path: str | Path) -> SweepSpec:
         spec = SweepSpec.model_validate(raw)
     except ValidationError as error:
         raise SpecError(f"{path}: {config_error_from(error, DISTRIBUTION_TYPES)}") from None
+    problem = spec.inconsistency()
+    if problem:
+        raise SpecError(f"{path}: {problem[0]}: {problem[1]}")
     try:
         base = spec.base_config()
     except ConfigError as error:
@@ -133,6 +234,8 @@ def validate_spec(raw: dict[str, Any], path: str | Path) -> SweepSpec:
                 detail = error.message if error.key in (key, "(top level)") else str(error)
                 at = "" if error.message == "unknown key" else f" (at {value!r})"
                 raise SpecError(f"{path}: search_space.{key}: {detail}{at}") from None
-    if spec.metric not in reported_metric_names(base):
-        raise SpecError(f"{path}: metric: no trial reports {spec.metric!r} (try 'acc/id')")
+    reported = reported_metric_names(base)
+    for metric in spec.objectives()[0]:
+        if metric not in reported:
+            raise SpecError(f"{path}: metric: no trial reports {metric!r} (try 'acc/id')")
     return spec

@@ -50,7 +50,7 @@ class SweepTracker:
 
     def __init__(self, tracking_uri: str, experiment_name: str):
         self.tracking_uri = tracking_uri
-        self.client = MlflowClient(tracking_uri)
+        self._client: MlflowClient | None = None
         experiment = self.client.get_experiment_by_name(experiment_name)
         self.experiment_id = (
             experiment.experiment_id
@@ -58,6 +58,28 @@ class SweepTracker:
             else self.client.create_experiment(experiment_name)
         )
         self.parent_run_id: str | None = None
+
+    @property
+    def client(self) -> MlflowClient:
+        """Made on first use, and again after unpickling: Ray Tune pickles its callbacks with the
+        experiment state (for ``--resume``), and a live database connection does not pickle."""
+        if self._client is None:
+            self._client = MlflowClient(self.tracking_uri)
+        return self._client
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_client": None}
+
+    def child_of_trial(self, trial_id: str) -> str | None:
+        """The child run already made for ``trial_id`` (a resumed sweep reuses it), if any."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`ray.trial_id` = '{trial_id}' and tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}'",
+        )
+        return runs[0].info.run_id if runs else None
+
+    def reopen(self, run_id: str) -> None:
+        self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
 
     def start_parent(self, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=dict(tags))
@@ -93,7 +115,7 @@ class SweepTracker:
 class MlflowTrialCallback(tune.Callback):
     """Mirrors every Tune trial into a child run of the sweep's parent run.
 
-    Child runs are named ``<sweep>-<n>`` in the order trials start: deterministic for a seeded sampler.
+    Child runs are named ``<sweep>-<n>`` after the trial's index: deterministic for a seeded sampler.
     """
 
     def __init__(self, tracker: SweepTracker, sweep_name: str, base: Mapping[str, Any]):
@@ -103,9 +125,12 @@ class MlflowTrialCallback(tune.Callback):
         self.run_id_by_trial: dict[str, str] = {}
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if trial.trial_id in self.run_id_by_trial:  # a restarted trial keeps its run
+        existing = self.run_id_by_trial.get(trial.trial_id) or self.tracker.child_of_trial(trial.trial_id)
+        if existing:  # a restarted or resumed trial keeps its run
+            self.run_id_by_trial[trial.trial_id] = existing
+            self.tracker.reopen(existing)
             return
-        run_name = f"{self.sweep_name}-{len(self.run_id_by_trial):03d}"
+        run_name = f"{self.sweep_name}-{trial_index(trial.trial_id):03d}"
         config = ExperimentConfig.from_dict(self.base, trial.config)
         self.run_id_by_trial[trial.trial_id] = self.tracker.start_child(
             run_name, params=config.to_flat_dict(), tags={"ray.trial_id": trial.trial_id}
@@ -116,7 +141,27 @@ class MlflowTrialCallback(tune.Callback):
         self.tracker.log_metrics(run_id, metrics_of(result), step=int(result.get("step", iteration)))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.tracker.finish(self.run_id_by_trial[trial.trial_id], succeeded=True)
+        run_id = self.run_id_by_trial[trial.trial_id]
+        table = per_loop_table(trial.last_result or {})
+        if table:
+            self.tracker.client.log_text(run_id, table, "per_loop_accuracy.csv")
+        self.tracker.finish(run_id, succeeded=True)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.tracker.finish(self.run_id_by_trial[trial.trial_id], succeeded=False)
+
+
+def trial_index(trial_id: str) -> int:
+    """Ray Tune's trial ids end in the trial's index, ``<random>_00003``."""
+    suffix = trial_id.rsplit("_", 1)[-1]
+    return int(suffix) if suffix.isdigit() else 0
+
+
+def per_loop_table(result: Mapping[str, Any]) -> str:
+    """The trial's final accuracy per split, hop count and inference loop, as CSV text."""
+    rows = ["split,hops,loop,accuracy"]
+    for key, value in sorted(result.items()):
+        parts = key.split("/")  # acc/<split>/hops_<k>/loop_<t>
+        if len(parts) == 4 and parts[0] == "acc" and parts[2].startswith("hops_") and parts[3].startswith("loop_"):
+            rows.append(f"{parts[1]},{parts[2][5:]},{int(parts[3][5:])},{value}")
+    return "\n".join(rows) + "\n" if len(rows) > 1 else ""

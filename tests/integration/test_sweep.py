@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -74,3 +76,53 @@ def test_data_parallel_trial_runs_in_torch_trainer_with_two_workers(tmp_path):
     # Ray Train's own run, named after the Tune trial, sits beside the Tune experiment.
     train_runs = [p.name for p in (tmp_path / "ray_results").iterdir() if p.name.startswith("train-")]
     assert len(train_runs) == 1
+
+
+def test_early_stopped_trials_are_pruned_in_the_optuna_study(tmp_path):
+    spec = load_smoke_spec()
+    spec.update(
+        name="asha",
+        num_samples=4,
+        max_concurrent_trials=2,
+        scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2},
+        search_space={"train.lr": {"type": "loguniform", "low": 1.0e-4, "high": 1.0e-2}},
+    )
+    spec["base"]["train"].update({"steps": 160, "eval_every": 40})
+    path = write_spec(tmp_path / "asha.yaml", spec)
+    completed = run_sweep_cli(path, tmp_path, timeout=600)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+
+    client, parents, children = runs_of(tmp_path, "asha")
+    stopped_early = [run for run in children if "final/acc/id" not in run.data.metrics]
+    assert stopped_early, "ASHA stopped no trial: the test proves nothing"
+    study = optuna.load_study(
+        study_name=parents[0].data.tags["optuna.study_name"], storage=f"sqlite:///{tmp_path / 'optuna.db'}"
+    )
+    states = [trial.state for trial in study.trials]
+    assert states.count(optuna.trial.TrialState.PRUNED) == len(stopped_early)
+    assert states.count(optuna.trial.TrialState.COMPLETE) == len(children) - len(stopped_early)
+
+
+def test_multi_objective_sweep_yields_a_pareto_front(tmp_path):
+    spec = load_smoke_spec()
+    spec.update(
+        name="pareto",
+        num_samples=3,
+        metric=["halting/id/acc", "halting/id/mean_loops"],
+        mode=["max", "min"],
+        sampler={"type": "nsga2", "seed": 1},
+    )
+    spec["base"]["train"].update({"steps": 100, "eval_every": 50})
+    path = write_spec(tmp_path / "pareto.yaml", spec)
+    completed = run_sweep_cli(path, tmp_path, timeout=600)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+
+    client, parents, children = runs_of(tmp_path, "pareto")
+    front = json.loads(Path(client.download_artifacts(parents[0].info.run_id, "pareto_front.json", str(tmp_path))).read_text())
+    values = [(run.data.metrics["halting/id/acc"], run.data.metrics["halting/id/mean_loops"]) for run in children]
+    dominated = lambda a: any(b[0] >= a[0] and b[1] <= a[1] and b != a for b in values)  # noqa: E731
+    assert sorted(tuple(point["values"]) for point in front["front"]) == sorted(v for v in values if not dominated(v))
+    study = optuna.load_study(
+        study_name=parents[0].data.tags["optuna.study_name"], storage=f"sqlite:///{tmp_path / 'optuna.db'}"
+    )
+    assert len(study.directions) == 2

@@ -2,8 +2,10 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import yaml
 
 from rdt_core.sweep.spec import SpecError, load_spec
 from tests.helpers import REPO_ROOT, RUN_PY, isolated_env, load_smoke_spec, write_spec
@@ -49,6 +51,25 @@ INVALID = {
     ),
     "metric nobody reports": (smoke_with(metric="acc/validation"), "metric"),
     "missing name": (smoke_with(name=...), "name"),
+    "unknown sampler": (smoke_with(sampler={"type": "bayes"}), "sampler.type"),
+    "unknown scheduler": (smoke_with(scheduler={"type": "pbt"}), "scheduler.type"),
+    "modes do not match metrics": (smoke_with(metric=["acc/id", "halting/id/mean_loops"]), "mode"),
+    "scheduler with several objectives": (
+        smoke_with(metric=["acc/id", "halting/id/mean_loops"], mode=["max", "min"], scheduler={"type": "asha"}),
+        "scheduler.type",
+    ),
+    "grid values without the grid sampler": (
+        smoke_with(search_space={"train.lr": {"type": "grid", "values": [0.01]}}),
+        "search_space.train.lr",
+    ),
+    "grid sampler over a range": (smoke_with(sampler={"type": "grid"}), "search_space.train.train_loops"),
+    "grid size mismatch": (
+        smoke_with(sampler={"type": "grid"}, num_samples=5, search_space={"train.lr": {"type": "grid", "values": [0.01, 0.02]}}),
+        "num_samples",
+    ),
+    "fractional GPUs above one": (smoke_with(resources__gpus_per_worker=1.5), "resources"),
+    "more GPUs than any node": (smoke_with(resources__gpus_per_worker=64), "resources.gpus_per_worker"),
+    "unknown phase diagram": (smoke_with(phase_diagrams=["loss"]), "phase_diagrams.0"),
 }
 
 
@@ -110,3 +131,45 @@ def test_cli_exits_2_with_one_line_and_creates_nothing(case, tmp_path):
     assert len(lines) == 1 and str(path) in lines[0] and expected_key in lines[0], completed.stderr
     assert not (tmp_path / "mlflow.db").exists()
     assert not (tmp_path / "ray_results").exists()
+
+
+@pytest.mark.parametrize("name", sorted(path.name for path in (REPO_ROOT / "sweeps").glob("*.yaml")))
+def test_every_spec_passes_dry_run_without_starting_anything(name, tmp_path):
+    env = isolated_env(tmp_path)
+    completed = subprocess.run(
+        [sys.executable, str(RUN_PY), str(REPO_ROOT / "sweeps" / name), "--dry-run"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr
+    plan = yaml.safe_load(completed.stdout)
+    assert plan["trials"] >= 1 and plan["objectives"] and plan["tracking_uri"] == env["MLFLOW_TRACKING_URI"]
+    assert plan["optuna_storage"] == f"sqlite:///{tmp_path / 'optuna.db'}"
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray_results").exists()
+    assert not any(Path(env["RAY_TMPDIR"]).iterdir())  # Ray was never started
+
+
+def test_set_overrides_spec_keys_and_search_bounds(tmp_path):
+    spec = load_spec(
+        REPO_ROOT / "sweeps" / "smoke.yaml",
+        ["num_samples=2", "base.train.steps=50", "search_space.train.lr.high=0.02",
+         "search_space.train.train_loops={type: choice, values: [3]}"],
+    )
+    assert spec.num_samples == 2 and spec.base["train"]["steps"] == 50
+    assert spec.search_space["train.lr"].high == 0.02
+    assert spec.search_space["train.train_loops"].values == [3]
+
+
+@pytest.mark.parametrize(
+    "item, key",
+    [("num_samples=-1", "num_samples"), ("base.train.nope=1", "base.train.nope"),
+     ("search_space.train.nope.high=1", "search_space.train.nope"), ("num_samples", "KEY=VALUE")],
+)
+def test_bad_set_names_the_key(item, key):
+    with pytest.raises(SpecError) as caught:
+        load_spec(REPO_ROOT / "sweeps" / "smoke.yaml", [item])
+    assert key in str(caught.value)
+
+
+def test_grid_sampler_trial_count_is_the_grid_size():
+    spec = load_spec(REPO_ROOT / "sweeps" / "grokking.yaml")
+    assert spec.trial_count() == 9
