@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -31,6 +32,7 @@ from rdt_core.patching import corrupt_first_relation, patching_grid, patching_me
 
 Reporter = Callable[[dict[str, float]], None]
 FINAL_REPORT_KEY = "time/train_s"  # only the last report, sent once training has finished, carries it
+CHECKPOINT_FILE = "model.pt"
 
 
 def split_hop_counts(config: ExperimentConfig) -> dict[str, list[int]]:
@@ -128,10 +130,13 @@ class Curriculum:
             self.eligible = self._eligible()
 
 
-def train_worker(config: ExperimentConfig, reporter: Reporter) -> dict[str, float]:
+def train_worker(
+    config: ExperimentConfig, reporter: Reporter, checkpoint_dir: Path | None = None
+) -> dict[str, float]:
     """Train one model, reporting metrics every ``eval_every`` steps and a summary at the end.
 
-    Returns the summary.
+    With ``checkpoint_dir``, the trained model is saved there (``CHECKPOINT_FILE``, rank 0 only) before
+    the final report, so that the caller can attach it to that report. Returns the summary.
     """
     started = time.perf_counter()
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
@@ -221,8 +226,58 @@ def train_worker(config: ExperimentConfig, reporter: Reporter) -> dict[str, floa
     summary["time/train_s"] = time.perf_counter() - started
     summary["model/n_params"] = float(sum(p.numel() for p in model.parameters()))
     summary["dist/world_size"] = float(world_size)
+    if checkpoint_dir is not None and rank == 0:
+        save_checkpoint(model, config, Path(checkpoint_dir))
     reporter({**metrics, **summary})
     return summary
+
+
+def save_checkpoint(model: RecurrentDepthTransformer, config: ExperimentConfig, directory: Path) -> Path:
+    """The weights and the full config: enough to rebuild the data, the model and every measurement."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / CHECKPOINT_FILE
+    torch.save({"config": config.model_dump(), "model": model.state_dict()}, path)
+    return path
+
+
+def read_checkpoint_config(path: Path) -> ExperimentConfig:
+    return ExperimentConfig.from_dict(torch.load(path, map_location="cpu", weights_only=True)["config"])
+
+
+def load_checkpoint(path: Path, device: torch.device | None = None) -> tuple[ExperimentConfig, RecurrentDepthTransformer]:
+    state = torch.load(path, map_location=device or "cpu", weights_only=True)
+    config = ExperimentConfig.from_dict(state["config"])
+    model = build_model(config, build_splits(config.data).vocab)
+    model.load_state_dict(state["model"])
+    return config, model.to(device or "cpu").eval()
+
+
+def evaluate_checkpoint(
+    path: Path, eval_overrides: dict[str, object], reporter: Reporter
+) -> dict[str, float]:
+    """Every measurement of a trained model under other inference-only settings (``eval.*``), with no
+    training: one report, shaped like a trial's final one, so sweeps treat it the same way."""
+    started = time.perf_counter()
+    device = pick_device()
+    trained_config, model = load_checkpoint(path, device)
+    config = ExperimentConfig.from_dict(trained_config.model_dump(), eval_overrides)
+    splits = build_splits(config.data)
+    eval_sets = {
+        name: queries.to(device)
+        for name, queries in splits.eval_sets(config.eval.n_train_eval_per_hop, config.train.seed).items()
+    }
+    metrics = evaluate(model, eval_sets, config.model.max_loops, config.train.train_loops, config.eval, with_grid=True)
+    metrics.update(final_analysis(model, splits, eval_sets, config, device))
+    metrics.update({f"final/{name}": value for name, value in list(metrics.items()) if name.startswith("acc/")})
+    metrics.update(
+        {
+            "step": float(config.train.steps),
+            FINAL_REPORT_KEY: time.perf_counter() - started,
+            "model/n_params": float(sum(p.numel() for p in model.parameters())),
+        }
+    )
+    reporter(metrics)
+    return metrics
 
 
 @torch.no_grad()
@@ -265,7 +320,6 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import json
     import sys
-    from pathlib import Path
 
     import yaml
 

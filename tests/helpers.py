@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+import psutil
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -47,3 +49,24 @@ def run_sweep_cli(spec_path: Path, workdir: Path, timeout: float, env: dict[str,
         text=True,
         timeout=timeout,
     )
+
+
+def stop_ray_started_in(temp_dir: str) -> None:
+    """End only the Ray processes of this test (and their children), never another Ray on the machine.
+
+    Every process of a ``ray start --temp-dir=X`` names X on its command line or descends from one that
+    does; ``ray stop`` would end every Ray on the machine instead.
+    """
+    ours = []
+    for process in psutil.process_iter(["cmdline"]):
+        if any(temp_dir in part for part in process.info["cmdline"] or []):
+            ours.append(process)
+            ours.extend(process.children(recursive=True))
+    for process in ours:
+        try:
+            process.send_signal(signal.SIGTERM)
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(ours, timeout=15)
+    for process in alive:
+        process.kill()

@@ -1,5 +1,5 @@
-"""``python sweeps/run.py SPEC.yaml [--set key=value ...] [--dry-run]``: validate the spec, run the sweep,
-print where to look.
+"""``python sweeps/run.py SPEC.yaml [--set key=value ...] [--dry-run] [--resume]``: validate the spec, run
+the sweep, print where to look.
 
 Exit status: 0 when every trial finished, 1 when a trial or the sweep failed, 2 for invalid input
 (one line naming the file and the key, printed before Ray or MLflow is touched).
@@ -24,6 +24,10 @@ def main(argv: list[str] | None = None) -> int:
         help="override a spec key by its dotted path, e.g. --set base.train.steps=200 --set num_samples=2",
     )
     parser.add_argument("--dry-run", action="store_true", help="validate and print the resolved plan; start nothing")
+    parser.add_argument(
+        "--resume", action="store_true",
+        help="continue an interrupted sweep of this spec: finished trials are not run again, MLflow runs are reused",
+    )
     args = parser.parse_args(argv)
     try:
         spec = load_spec(args.spec, args.overrides)
@@ -31,13 +35,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
-    from rdt_core.sweep.runner import SweepPlan, run_sweep  # imports Ray: only once the spec is known good
+    from rdt_core.sweep.runner import ResumeError, SweepPlan, run_sweep  # imports Ray: once the spec is good
 
     plan = SweepPlan.resolve(spec, args.spec)
     if args.dry_run:
         print(yaml.safe_dump(plan.as_dict(), sort_keys=False), end="")
         return 0
-    outcome = run_sweep(plan)
+    try:
+        outcome = run_sweep(plan, resume=args.resume)
+    except ResumeError as error:
+        print(f"error: {args.spec}: {error}", file=sys.stderr)
+        return 2
     metric = spec.objectives()[0][0]
     print(f"\nsweep {spec.name}: {outcome.n_trials} trials, {outcome.n_failed} failed")
     print(f"best {metric} = {outcome.best_metrics.get(metric, float('nan')):.4f} with")

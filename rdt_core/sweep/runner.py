@@ -7,13 +7,16 @@ Train V2) and forwards its workers' reports to Tune through ``TuneReportCallback
 
 from __future__ import annotations
 
+import io
 import math
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import optuna
 import ray
+import torch
 import yaml
 from ray import train as ray_train
 from ray import tune
@@ -26,7 +29,7 @@ from ray.tune.search.optuna import OptunaSearch
 from rdt_core.config import ExperimentConfig
 from rdt_core.sweep.spec import Choice, FloatRange, IntRange, SweepSpec
 from rdt_core.sweep.tracking import MlflowTrialCallback, SweepTracker, metrics_of, resolve_tracking_uri
-from rdt_core.train import FINAL_REPORT_KEY, train_worker
+from rdt_core.train import CHECKPOINT_FILE, FINAL_REPORT_KEY, evaluate_checkpoint, train_worker
 
 
 @dataclass(frozen=True)
@@ -56,15 +59,40 @@ def tune_search_space(spec: SweepSpec) -> dict[str, Any]:
     return space
 
 
+def checkpointing_reporter(
+    report: Callable[..., None], checkpoint_type: type, checkpoint_dir: Path
+) -> Callable[[dict[str, float]], None]:
+    """Attach the trained model (written to ``checkpoint_dir`` just before) to the final report only.
+
+    ``checkpoint_type`` is Tune's or Ray Train's Checkpoint class: Train V2 keeps its own.
+    """
+
+    def reporter(metrics: dict[str, float]) -> None:
+        is_final = FINAL_REPORT_KEY in metrics and (checkpoint_dir / CHECKPOINT_FILE).exists()
+        report(metrics, checkpoint=checkpoint_type.from_directory(checkpoint_dir) if is_final else None)
+
+    return reporter
+
+
 def run_single_worker_trial(overrides: dict[str, Any], base: dict[str, Any]) -> None:
     """A whole trial in its Tune actor: the cheapest path for small models."""
-    train_worker(ExperimentConfig.from_dict(base, overrides), tune.report)
+    checkpoint_dir = Path(tempfile.mkdtemp(prefix="rdt-checkpoint-"))
+    reporter = checkpointing_reporter(tune.report, tune.Checkpoint, checkpoint_dir)
+    train_worker(ExperimentConfig.from_dict(base, overrides), reporter, checkpoint_dir)
+
+
+def run_inference_trial(overrides: dict[str, Any], checkpoint_bytes: bytes) -> None:
+    """An inference-only trial: the sweep's trained model under this trial's ``eval.*`` settings."""
+    path = Path(tempfile.mkdtemp(prefix="rdt-trained-")) / CHECKPOINT_FILE
+    path.write_bytes(checkpoint_bytes)
+    evaluate_checkpoint(path, overrides, tune.report)
 
 
 def data_parallel_worker(loop_config: dict[str, Any]) -> None:
     """One Ray Train worker: the same ``train_worker``, reporting to Ray Train."""
     config = ExperimentConfig.from_dict(loop_config["base"], loop_config["overrides"])
-    train_worker(config, ray_train.report)
+    checkpoint_dir = Path(tempfile.mkdtemp(prefix="rdt-checkpoint-"))
+    train_worker(config, checkpointing_reporter(ray_train.report, ray_train.Checkpoint, checkpoint_dir), checkpoint_dir)
 
 
 def run_data_parallel_trial(
@@ -90,8 +118,13 @@ def run_data_parallel_trial(
     trainer.fit()
 
 
-def make_trainable(spec: SweepSpec, storage_path: str) -> Any:
+def make_trainable(spec: SweepSpec, storage_path: str, checkpoint_bytes: bytes | None) -> Any:
     resources = spec.resources
+    if checkpoint_bytes is not None:
+        trainable = tune.with_parameters(run_inference_trial, checkpoint_bytes=checkpoint_bytes)
+        return tune.with_resources(
+            trainable, {"cpu": resources.cpus_per_worker, "gpu": resources.gpus_per_worker}
+        )
     if resources.workers_per_trial == 1:
         trainable = tune.with_parameters(run_single_worker_trial, base=spec.base)
         return tune.with_resources(
@@ -212,57 +245,57 @@ def default_optuna_storage(tracking_uri: str) -> str:
     return f"sqlite:///{Path('optuna.db').resolve()}"
 
 
-def run_sweep(plan: SweepPlan) -> SweepOutcome:
-    """Run the whole sweep: parent run, trials, best trial, Pareto front, phase diagrams."""
+class ResumeError(ValueError):
+    """``--resume`` found nothing to resume; the message names what is missing."""
+
+
+def run_sweep(plan: SweepPlan, resume: bool = False) -> SweepOutcome:
+    """Run the whole sweep: parent run, trials, best trial, Pareto front, phase diagrams.
+
+    With ``resume``, continue the interrupted sweep of the same name and storage: Tune restores its
+    experiment state (finished trials are not run again), the parent run and the Optuna study are
+    reused, and a restarted trial logs into the child run it already had.
+    """
     spec = plan.spec
     metrics, modes = spec.objectives()
+    experiment_path = f"{plan.storage_path}/{spec.name}"
+    if resume and not tune.Tuner.can_restore(experiment_path):  # before MLflow is touched
+        raise ResumeError(f"--resume: no interrupted sweep {spec.name!r} at {experiment_path}")
     tracker = SweepTracker(plan.tracking_uri, spec.name)
-    parent_run_id = tracker.start_parent(
-        spec.name,
-        params={f"base.{key}": value for key, value in spec.base_config().to_flat_dict().items()},
-        tags={
-            "sweep.spec_path": plan.spec_path,
-            "sweep.metric": metrics[0],
-            "sweep.mode": modes[0],
-            "optuna.storage": plan.optuna_storage,
-        },
-    )
-    study_name = f"{spec.name}-{parent_run_id}"  # unique per sweep; optuna-dashboard lists it by name
-    tracker.client.set_tag(parent_run_id, "optuna.study_name", study_name)
-    tracker.client.log_text(parent_run_id, yaml.safe_dump(spec.model_dump(), sort_keys=False), "spec.yaml")
-    tracker.client.log_text(parent_run_id, yaml.safe_dump(plan.as_dict(), sort_keys=False), "plan.yaml")
+    checkpoint_bytes = trained_checkpoint(spec, tracker)
+    base = spec.base if checkpoint_bytes is None else checkpoint_config(checkpoint_bytes).model_dump()
+    if resume:
+        parent_run_id = tracker.resume_parent(experiment_path)
+        if parent_run_id is None:
+            raise ResumeError(f"--resume: no parent run of {spec.name!r} in {plan.tracking_uri} to resume")
+        study_name = tracker.client.get_run(parent_run_id).data.tags["optuna.study_name"]
+    else:
+        parent_run_id = tracker.start_parent(
+            spec.name,
+            params={f"base.{key}": value for key, value in ExperimentConfig.from_dict(base).to_flat_dict().items()},
+            tags={
+                "sweep.spec_path": plan.spec_path,
+                "sweep.metric": metrics[0],
+                "sweep.mode": modes[0],
+                "sweep.tune_path": experiment_path,
+                "optuna.storage": plan.optuna_storage,
+            },
+        )
+        study_name = f"{spec.name}-{parent_run_id}"  # unique per sweep; optuna-dashboard lists it by name
+        tracker.client.set_tag(parent_run_id, "optuna.study_name", study_name)
+        tracker.client.log_text(parent_run_id, yaml.safe_dump(spec.model_dump(), sort_keys=False), "spec.yaml")
+        tracker.client.log_text(parent_run_id, yaml.safe_dump(plan.as_dict(), sort_keys=False), "plan.yaml")
 
     started_ray = not ray.is_initialized()
     succeeded = False
     try:
         if started_ray:
             ray.init()  # joins RAY_ADDRESS (or the job's cluster) when set, else starts a local Ray
-        single = len(metrics) == 1
-        searcher = PruningAwareOptunaSearch(
-            metric=metrics[0] if single else metrics,
-            mode=modes[0] if single else modes,
-            sampler=make_sampler(spec),
-            storage=optuna.storages.RDBStorage(plan.optuna_storage),
-            study_name=study_name,
-        )
-        tuner = tune.Tuner(
-            make_trainable(spec, plan.storage_path),
-            param_space=tune_search_space(spec),
-            tune_config=tune.TuneConfig(
-                search_alg=ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent_trials),
-                scheduler=make_scheduler(spec),
-                num_samples=spec.trial_count(),
-                metric=metrics[0] if single else None,
-                mode=modes[0] if single else None,
-                trial_dirname_creator=lambda trial: f"trial-{trial.trial_id}",
-            ),
-            run_config=tune.RunConfig(
-                name=spec.name,
-                storage_path=plan.storage_path,
-                callbacks=[MlflowTrialCallback(tracker, spec.name, spec.base)],
-                verbose=1,
-            ),
-        )
+        trainable = make_trainable(spec, plan.storage_path, checkpoint_bytes)
+        if resume:  # the searcher, scheduler and callbacks come back from the saved experiment state
+            tuner = tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True, resume_errored=True)
+        else:
+            tuner = new_tuner(spec, plan, trainable, study_name, MlflowTrialCallback(tracker, spec.name, base))
         results = tuner.fit()
         best = results.get_best_result(metric=metrics[0], mode=modes[0])
         best_metrics = metrics_of(best.metrics or {})
@@ -271,7 +304,7 @@ def run_sweep(plan: SweepPlan) -> SweepOutcome:
             parent_run_id, {f"best/{m}": best_metrics.get(m, float("nan")) for m in metrics}, step=0
         )
         study = optuna.load_study(study_name=study_name, storage=plan.optuna_storage)
-        front = pareto_front(study) if not single else []
+        front = pareto_front(study) if len(metrics) > 1 else []
         if front:
             tracker.client.log_dict(parent_run_id, {"metrics": metrics, "modes": modes, "front": front}, "pareto_front.json")
         succeeded = results.num_errors == 0
@@ -289,6 +322,47 @@ def run_sweep(plan: SweepPlan) -> SweepOutcome:
         tracker.finish(parent_run_id, succeeded=succeeded)
         if started_ray:
             ray.shutdown()
+
+
+def new_tuner(spec: SweepSpec, plan: SweepPlan, trainable: Any, study_name: str, callback: tune.Callback) -> tune.Tuner:
+    metrics, modes = spec.objectives()
+    single = len(metrics) == 1
+    searcher = PruningAwareOptunaSearch(
+        metric=metrics[0] if single else metrics,
+        mode=modes[0] if single else modes,
+        sampler=make_sampler(spec),
+        storage=optuna.storages.RDBStorage(plan.optuna_storage),
+        study_name=study_name,
+    )
+    return tune.Tuner(
+        trainable,
+        param_space=tune_search_space(spec),
+        tune_config=tune.TuneConfig(
+            search_alg=ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent_trials),
+            scheduler=make_scheduler(spec),
+            num_samples=spec.trial_count(),
+            metric=metrics[0] if single else None,
+            mode=modes[0] if single else None,
+            trial_dirname_creator=lambda trial: f"trial-{trial.trial_id}",
+        ),
+        run_config=tune.RunConfig(name=spec.name, storage_path=plan.storage_path, callbacks=[callback], verbose=1),
+    )
+
+
+def trained_checkpoint(spec: SweepSpec, tracker: SweepTracker) -> bytes | None:
+    """The trained model an inference-only sweep evaluates: a checkpoint file, or a trial's MLflow run."""
+    trained = spec.trained_model
+    if trained is None:
+        return None
+    if trained.checkpoint:
+        return Path(trained.checkpoint).read_bytes()
+    with tempfile.TemporaryDirectory() as scratch:
+        local = tracker.client.download_artifacts(trained.mlflow_run, f"checkpoint/{CHECKPOINT_FILE}", scratch)
+        return Path(local).read_bytes()
+
+
+def checkpoint_config(checkpoint_bytes: bytes) -> ExperimentConfig:
+    return ExperimentConfig.from_dict(torch.load(io.BytesIO(checkpoint_bytes), weights_only=True)["config"])
 
 
 def pareto_front(study: optuna.Study) -> list[dict[str, Any]]:

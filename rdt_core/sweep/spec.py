@@ -15,7 +15,14 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from rdt_core.config import ConfigError, ExperimentConfig, StrictModel, config_error_from, set_dotted
+from rdt_core.config import (
+    ConfigError,
+    ExperimentConfig,
+    StrictModel,
+    config_error_from,
+    flatten,
+    set_dotted,
+)
 from rdt_core.train import reported_metric_names
 
 
@@ -91,6 +98,19 @@ class Scheduler(StrictModel):
 PhaseDiagram = Literal["overthinking", "grokking", "halting", "depth"]
 
 
+class TrainedModel(StrictModel):
+    """An already trained model for an inference-only sweep: a checkpoint file or a trial's MLflow run."""
+
+    checkpoint: str | None = Field(None, description="path of a model.pt written by a trial")
+    mlflow_run: str | None = Field(None, description="id of a trial's MLflow run (its checkpoint artifact)")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "TrainedModel":
+        if (self.checkpoint is None) == (self.mlflow_run is None):
+            raise ValueError("give exactly one of checkpoint and mlflow_run")
+        return self
+
+
 class Resources(StrictModel):
     """What one trial asks of the cluster. More than one worker runs the trial in Ray Train."""
 
@@ -125,6 +145,9 @@ class SweepSpec(StrictModel):
         None, description="SQLAlchemy URL of the Optuna study; default optuna.db beside a SQLite MLflow store"
     )
     phase_diagrams: list[PhaseDiagram] = Field(default_factory=list, description="drawn at the end")
+    trained_model: TrainedModel | None = Field(
+        None, description="search only inference settings (eval.*) of this model; no training"
+    )
 
     def inconsistency(self) -> tuple[str, str] | None:
         """The first (dotted key, problem) among keys that are valid alone but not together."""
@@ -140,6 +163,13 @@ class SweepSpec(StrictModel):
                 return f"search_space.{key}", "a grid needs sampler.type 'grid'"
             if self.sampler.type == "grid" and distribution.type not in ("grid", "choice"):
                 return f"search_space.{key}", f"sampler 'grid' needs values (grid or choice), not a {distribution.type} range"
+        if self.trained_model is not None:
+            for key in [*self.search_space, *(f"{section}." for section in self.base if section != "eval")]:
+                if not key.startswith("eval."):
+                    where = f"search_space.{key}" if key in self.search_space else f"base.{key.rstrip('.')}"
+                    return where, "with trained_model only inference settings (eval.*) may change"
+            if self.trained_model.checkpoint and not Path(self.trained_model.checkpoint).is_file():
+                return "trained_model.checkpoint", f"no such file {self.trained_model.checkpoint}"
         if self.sampler.type == "grid":
             if not self.search_space:
                 return "search_space", "sampler 'grid' needs at least one grid of values"
@@ -223,13 +253,13 @@ def validate_spec(raw: dict[str, Any], path: str | Path) -> SweepSpec:
     if problem:
         raise SpecError(f"{path}: {problem[0]}: {problem[1]}")
     try:
-        base = spec.base_config()
+        base = spec.base_config() if spec.trained_model is None else trained_config(spec)
     except ConfigError as error:
         raise SpecError(f"{path}: base.{error}") from None
     for key, distribution in spec.search_space.items():
         for value in distribution.bounds():  # every end of every range must give a valid config
             try:
-                ExperimentConfig.from_dict(spec.base, {key: value})
+                ExperimentConfig.from_dict(base.model_dump(), {key: value})
             except ConfigError as error:
                 detail = error.message if error.key in (key, "(top level)") else str(error)
                 at = "" if error.message == "unknown key" else f" (at {value!r})"
@@ -239,3 +269,13 @@ def validate_spec(raw: dict[str, Any], path: str | Path) -> SweepSpec:
         if metric not in reported:
             raise SpecError(f"{path}: metric: no trial reports {metric!r} (try 'acc/id')")
     return spec
+
+
+def trained_config(spec: SweepSpec) -> ExperimentConfig:
+    """The config an inference-only sweep starts from: the checkpoint's own, under the spec's ``eval``
+    settings. For a model named by its MLflow run, the defaults stand in until the run is read."""
+    from rdt_core.train import read_checkpoint_config
+
+    trained = spec.trained_model.checkpoint
+    values = read_checkpoint_config(Path(trained)).model_dump() if trained else {}
+    return ExperimentConfig.from_dict(values, flatten({"eval": spec.base.get("eval", {})}))

@@ -14,6 +14,7 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from ray import tune
+from ray.train import Checkpoint as RayTrainCheckpoint
 
 from rdt_core.config import ExperimentConfig
 
@@ -77,6 +78,20 @@ class SweepTracker:
             filter_string=f"tags.`ray.trial_id` = '{trial_id}' and tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}'",
         )
         return runs[0].info.run_id if runs else None
+
+    def resume_parent(self, tune_path: str) -> str | None:
+        """The latest parent run of the sweep whose Tune experiment is at ``tune_path``, reopened."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`sweep.tune_path` = '{tune_path}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if not runs:
+            return None
+        self.parent_run_id = runs[0].info.run_id
+        self.reopen(self.parent_run_id)
+        return self.parent_run_id
 
     def reopen(self, run_id: str) -> None:
         self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
@@ -142,9 +157,16 @@ class MlflowTrialCallback(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self.run_id_by_trial[trial.trial_id]
-        table = per_loop_table(trial.last_result or {})
+        result = trial.last_result or {}
+        table = per_loop_table(result)
         if table:
             self.tracker.client.log_text(run_id, table, "per_loop_accuracy.csv")
+        checkpoint = trial.checkpoint or (  # a TorchTrainer trial forwards its checkpoint's path
+            RayTrainCheckpoint(result["checkpoint_path"]) if result.get("checkpoint_path") else None
+        )
+        if checkpoint is not None:
+            with checkpoint.as_directory() as directory:
+                self.tracker.client.log_artifacts(run_id, directory, "checkpoint")
         self.tracker.finish(run_id, succeeded=True)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

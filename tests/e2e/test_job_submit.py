@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
-import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import REPO_ROOT, short_temp_dir
+from tests.helpers import REPO_ROOT, short_temp_dir, stop_ray_started_in
 
 pytestmark = pytest.mark.slow
 
@@ -25,27 +23,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def stop_ray_started_in(temp_dir: str) -> None:
-    """End only the Ray processes of this test (and their children), never another Ray on the machine.
-
-    Every process of a ``ray start --temp-dir=X`` names X on its command line or descends from one that
-    does; ``ray stop`` would end every Ray on the machine instead.
-    """
-    ours = []
-    for process in psutil.process_iter(["cmdline"]):
-        if any(temp_dir in part for part in process.info["cmdline"] or []):
-            ours.append(process)
-            ours.extend(process.children(recursive=True))
-    for process in ours:
-        try:
-            process.send_signal(signal.SIGTERM)
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(ours, timeout=15)
-    for process in alive:
-        process.kill()
 
 
 @pytest.fixture

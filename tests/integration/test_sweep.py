@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import load_smoke_spec, run_sweep_cli, write_spec
+from tests.helpers import RUN_PY, isolated_env, load_smoke_spec, run_sweep_cli, stop_ray_started_in, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -72,6 +75,7 @@ def test_data_parallel_trial_runs_in_torch_trainer_with_two_workers(tmp_path):
     child = children[0]
     assert child.info.status == "FINISHED"
     assert child.data.metrics["dist/world_size"] == 2
+    assert [a.path for a in client.list_artifacts(child.info.run_id, "checkpoint")] == ["checkpoint/model.pt"]
     assert [m.step for m in client.get_metric_history(child.info.run_id, "acc/id")] == [30, 60]
     # Ray Train's own run, named after the Tune trial, sits beside the Tune experiment.
     train_runs = [p.name for p in (tmp_path / "ray_results").iterdir() if p.name.startswith("train-")]
@@ -126,3 +130,91 @@ def test_multi_objective_sweep_yields_a_pareto_front(tmp_path):
         study_name=parents[0].data.tags["optuna.study_name"], storage=f"sqlite:///{tmp_path / 'optuna.db'}"
     )
     assert len(study.directions) == 2
+
+
+def test_inference_only_sweep_searches_halting_over_a_trained_trial_without_training(tmp_path):
+    """Train once, then search halting thresholds of that model, read back from its MLflow run."""
+    spec = load_smoke_spec()
+    spec.update(name="trained", num_samples=1, search_space={"train.train_loops": {"type": "choice", "values": [3]}})
+    spec["base"]["train"].update({"steps": 60, "eval_every": 30})
+    completed = run_sweep_cli(write_spec(tmp_path / "train.yaml", spec), tmp_path, timeout=600)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    client, _, children = runs_of(tmp_path, "trained")
+    trained_run = children[0]
+    assert "checkpoint/model.pt" in [a.path for a in client.list_artifacts(trained_run.info.run_id, "checkpoint")]
+    assert "per_loop_accuracy.csv" in [a.path for a in client.list_artifacts(trained_run.info.run_id)]
+
+    search = {
+        "name": "thresholds",
+        "trained_model": {"mlflow_run": trained_run.info.run_id},
+        "search_space": {"eval.halt_kl": {"type": "loguniform", "low": 1.0e-4, "high": 1.0}},
+        "metric": "halting/id/acc",
+        "num_samples": 3,
+    }
+    completed = run_sweep_cli(write_spec(tmp_path / "search.yaml", search), tmp_path, timeout=600)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    _, _, evaluations = runs_of(tmp_path, "thresholds")
+    assert len(evaluations) == 3
+    for run in evaluations:
+        # One report each, at the trained model's step: nothing was trained.
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "halting/id/acc")] == [60]
+        assert run.data.metrics["acc/id"] == trained_run.data.metrics["acc/id"]
+        assert run.data.params["train.steps"] == "60"  # the trained model's config, not the defaults
+    assert len({run.data.metrics["halting/id/mean_loops"] for run in evaluations}) > 1
+
+
+def test_interrupted_sweep_resumes_without_rerunning_or_duplicating(tmp_path):
+    spec = load_smoke_spec()
+    spec.update(name="resume", num_samples=3, max_concurrent_trials=1)
+    spec["base"]["train"].update({"steps": 150, "eval_every": 50})
+    path = write_spec(tmp_path / "resume.yaml", spec)
+    env = isolated_env(tmp_path)
+    env["TUNE_GLOBAL_CHECKPOINT_S"] = "1"  # save the experiment state often, as a long sweep would
+    driver = subprocess.Popen([sys.executable, str(RUN_PY), str(path)], cwd=tmp_path, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not finished_children(tmp_path, "resume"):
+            time.sleep(1)
+        assert finished_children(tmp_path, "resume"), "no trial finished before the deadline"
+        time.sleep(3)  # let Tune save the state that records the finished trial
+        driver.kill()  # the driver dies mid-sweep, as on a lost head node
+        driver.wait()
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        stop_ray_started_in(env["RAY_TMPDIR"])  # the killed driver's embedded Ray
+    finished_before = finished_children(tmp_path, "resume")
+    assert 0 < len(finished_before) < 3
+
+    resumed = subprocess.run([sys.executable, str(RUN_PY), str(path), "--resume"], cwd=tmp_path,
+                             env=isolated_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+
+    client, parents, children = runs_of(tmp_path, "resume")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 3 and all(run.info.status == "FINISHED" for run in children)
+    assert len({run.data.tags["ray.trial_id"] for run in children}) == 3
+    for run_id in finished_before:  # finished trials were not run again
+        assert [m.step for m in client.get_metric_history(run_id, "acc/id")] == [50, 100, 150]
+
+
+def finished_children(workdir: Path, experiment: str) -> list[str]:
+    store = workdir / "mlflow.db"
+    if not store.exists():
+        return []
+    client = MlflowClient(f"sqlite:///{store}")
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    runs = client.search_runs([found.experiment_id], filter_string="attributes.status = 'FINISHED'")
+    return [run.info.run_id for run in runs if "mlflow.parentRunId" in run.data.tags]
+
+
+def test_resume_without_an_interrupted_sweep_exits_2(tmp_path):
+    path = write_spec(tmp_path / "smoke.yaml", load_smoke_spec())
+    completed = subprocess.run([sys.executable, str(RUN_PY), str(path), "--resume"], cwd=tmp_path,
+                               env=isolated_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 2
+    assert "no interrupted sweep" in completed.stderr and len(completed.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "mlflow.db").exists()
