@@ -28,7 +28,8 @@ from ray.tune.search.optuna import OptunaSearch
 
 from rdt_core.config import ExperimentConfig
 from rdt_core.sweep.spec import Choice, FloatRange, IntRange, SweepSpec
-from rdt_core.sweep.tracking import MlflowTrialCallback, SweepTracker, metrics_of, resolve_tracking_uri
+from rdt_core.sweep.callbacks import MlflowTrialCallback
+from rdt_core.sweep.tracking import SweepTracker, metrics_of, resolve_tracking_uri
 from rdt_core.train import CHECKPOINT_FILE, FINAL_REPORT_KEY, evaluate_checkpoint, train_worker
 
 

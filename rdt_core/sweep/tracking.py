@@ -1,7 +1,8 @@
 """MLflow tracking of a sweep: one parent run per sweep, one nested child run per trial.
 
-All writes happen in the sweep's driver process, through a Ray Tune callback that sees every trial's
-results: one writer per store, which a SQLite backend needs, and no MLflow credentials on the workers.
+All writes happen in the sweep's driver process (through the Ray Tune callback in ``callbacks``) or in
+the single-run command: one writer per store, which a SQLite backend needs, and no MLflow credentials on
+the workers. This module needs MLflow only, not Ray.
 """
 
 from __future__ import annotations
@@ -13,10 +14,6 @@ from typing import Any, Mapping
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
-from ray import tune
-from ray.train import Checkpoint as RayTrainCheckpoint
-
-from rdt_core.config import ExperimentConfig
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
@@ -125,52 +122,6 @@ class SweepTracker:
     def finish(self, run_id: str, succeeded: bool) -> None:
         status = RunStatus.to_string(RunStatus.FINISHED if succeeded else RunStatus.FAILED)
         self.client.set_terminated(run_id, status=status)
-
-
-class MlflowTrialCallback(tune.Callback):
-    """Mirrors every Tune trial into a child run of the sweep's parent run.
-
-    Child runs are named ``<sweep>-<n>`` after the trial's index: deterministic for a seeded sampler.
-    """
-
-    def __init__(self, tracker: SweepTracker, sweep_name: str, base: Mapping[str, Any]):
-        self.tracker = tracker
-        self.sweep_name = sweep_name
-        self.base = base
-        self.run_id_by_trial: dict[str, str] = {}
-
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        existing = self.run_id_by_trial.get(trial.trial_id) or self.tracker.child_of_trial(trial.trial_id)
-        if existing:  # a restarted or resumed trial keeps its run
-            self.run_id_by_trial[trial.trial_id] = existing
-            self.tracker.reopen(existing)
-            return
-        run_name = f"{self.sweep_name}-{trial_index(trial.trial_id):03d}"
-        config = ExperimentConfig.from_dict(self.base, trial.config)
-        self.run_id_by_trial[trial.trial_id] = self.tracker.start_child(
-            run_name, params=config.to_flat_dict(), tags={"ray.trial_id": trial.trial_id}
-        )
-
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        run_id = self.run_id_by_trial[trial.trial_id]
-        self.tracker.log_metrics(run_id, metrics_of(result), step=int(result.get("step", iteration)))
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        run_id = self.run_id_by_trial[trial.trial_id]
-        result = trial.last_result or {}
-        table = per_loop_table(result)
-        if table:
-            self.tracker.client.log_text(run_id, table, "per_loop_accuracy.csv")
-        checkpoint = trial.checkpoint or (  # a TorchTrainer trial forwards its checkpoint's path
-            RayTrainCheckpoint(result["checkpoint_path"]) if result.get("checkpoint_path") else None
-        )
-        if checkpoint is not None:
-            with checkpoint.as_directory() as directory:
-                self.tracker.client.log_artifacts(run_id, directory, "checkpoint")
-        self.tracker.finish(run_id, succeeded=True)
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.tracker.finish(self.run_id_by_trial[trial.trial_id], succeeded=False)
 
 
 def trial_index(trial_id: str) -> int:

@@ -1,0 +1,48 @@
+"""``python -m rdt_core.train``: one run without Ray, logged to MLflow like a sweep's trial."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.helpers import isolated_env
+
+
+def run_cli(tmp_path, *args):
+    return subprocess.run([sys.executable, "-m", "rdt_core.train", *args], cwd=tmp_path,
+                          env=isolated_env(tmp_path), capture_output=True, text=True, timeout=300)
+
+
+def test_one_run_logs_config_metrics_table_and_checkpoint(tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text("train: {steps: 40, eval_every: 20}\nmodel: {max_loops: 5}\n")
+    completed = run_cli(tmp_path, str(config), "--set", "train.train_loops=3", "--out", "out/run.jsonl")
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    reports = [json.loads(line) for line in (tmp_path / "out" / "run.jsonl").read_text().splitlines()]
+    assert [report["step"] for report in reports] == [20, 40]
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tiny")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.train_loops"] == "3" and run.data.params["model.max_loops"] == "5"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "acc/id/loop_05")] == [20, 40]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"per_loop_accuracy.csv", "checkpoint"} <= artifacts
+
+
+@pytest.mark.parametrize(
+    "content, args, key",
+    [("train: {stepz: 3}\n", [], "train.stepz"), ("{}\n", ["--set", "model.d_model=wide"], "model.d_model"),
+     ("train: [1\n", [], "invalid YAML")],
+)
+def test_invalid_config_exits_2_naming_the_key_and_logs_nothing(tmp_path, content, args, key):
+    config = tmp_path / "bad.yaml"
+    config.write_text(content)
+    completed = run_cli(tmp_path, str(config), *args)
+    assert completed.returncode == 2
+    lines = completed.stderr.strip().splitlines()
+    assert len(lines) == 1 and key in lines[0] and str(config) in lines[0]
+    assert not (tmp_path / "mlflow.db").exists()
