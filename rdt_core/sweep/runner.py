@@ -18,6 +18,7 @@ import optuna
 import ray
 import torch
 import yaml
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from ray import train as ray_train
 from ray import tune
 from ray.train.torch import TorchTrainer
@@ -287,6 +288,9 @@ def run_sweep(plan: SweepPlan, resume: bool = False) -> SweepOutcome:
         tracker.client.log_text(parent_run_id, yaml.safe_dump(spec.model_dump(), sort_keys=False), "spec.yaml")
         tracker.client.log_text(parent_run_id, yaml.safe_dump(plan.as_dict(), sort_keys=False), "plan.yaml")
 
+    # CPU, memory, disk, network (and GPU where present) of the driver's node, as system/* metrics.
+    system_metrics = SystemMetricsMonitor(parent_run_id, sampling_interval=10, tracking_uri=plan.tracking_uri)
+    system_metrics.start()
     started_ray = not ray.is_initialized()
     succeeded = False
     try:
@@ -320,6 +324,7 @@ def run_sweep(plan: SweepPlan, resume: bool = False) -> SweepOutcome:
             pareto_front=front,
         )
     finally:
+        system_metrics.finish()
         tracker.finish(parent_run_id, succeeded=succeeded)
         if started_ray:
             ray.shutdown()

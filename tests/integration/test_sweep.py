@@ -50,8 +50,10 @@ def test_smoke_sweep_logs_one_parent_and_one_child_per_trial(tmp_path):
             assert client.get_metric_history(child.info.run_id, f"acc/id/loop_{loop:02d}")
         assert "final/acc/id" in child.data.metrics
     assert f"best/{spec['metric']}" in parents[0].data.metrics
+    assert any(key.startswith("system/cpu_utilization") for key in parents[0].data.metrics)
     artifacts = [entry.path for entry in client.list_artifacts(parent_id)]
-    assert "spec.yaml" in artifacts
+    assert {"spec.yaml", "plan.yaml"} <= set(artifacts)
+    assert parents[0].data.tags["optuna.study_name"] == f"smoke-{parent_id}"
     assert (tmp_path / "ray_results" / "smoke").is_dir()
 
 
