@@ -175,11 +175,13 @@ def test_interrupted_sweep_resumes_without_rerunning_or_duplicating(tmp_path):
     driver = subprocess.Popen([sys.executable, str(RUN_PY), str(path)], cwd=tmp_path, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
+        # Watch Tune's result files, not MLflow: opening the store while the driver creates it races
+        # MLflow's schema migration.
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not finished_children(tmp_path, "resume"):
+        while time.monotonic() < deadline and not finished_trial_results(tmp_path / "ray_results" / "resume"):
             time.sleep(1)
-        assert finished_children(tmp_path, "resume"), "no trial finished before the deadline"
-        time.sleep(3)  # let Tune save the state that records the finished trial
+        assert finished_trial_results(tmp_path / "ray_results" / "resume"), "no trial finished in time"
+        time.sleep(5)  # let the driver log the finished trial and Tune save the state that records it
         driver.kill()  # the driver dies mid-sweep, as on a lost head node
         driver.wait()
     finally:
@@ -201,11 +203,13 @@ def test_interrupted_sweep_resumes_without_rerunning_or_duplicating(tmp_path):
         assert [m.step for m in client.get_metric_history(run_id, "acc/id")] == [50, 100, 150]
 
 
+def finished_trial_results(experiment_dir: Path) -> list[Path]:
+    """Trials whose Tune result file holds the final report (it alone carries ``time/train_s``)."""
+    return [path for path in experiment_dir.glob("trial-*/result.json") if "time/train_s" in path.read_text()]
+
+
 def finished_children(workdir: Path, experiment: str) -> list[str]:
-    store = workdir / "mlflow.db"
-    if not store.exists():
-        return []
-    client = MlflowClient(f"sqlite:///{store}")
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return []
