@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -70,3 +71,9 @@ def stop_ray_started_in(temp_dir: str) -> None:
     _, alive = psutil.wait_procs(ours, timeout=15)
     for process in alive:
         process.kill()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

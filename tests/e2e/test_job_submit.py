@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,17 +11,11 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import REPO_ROOT, short_temp_dir, stop_ray_started_in
+from tests.helpers import REPO_ROOT, free_port, short_temp_dir, stop_ray_started_in
 
 pytestmark = pytest.mark.slow
 
 CHANCE = 1 / 32  # the smoke graph has 32 entities
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
