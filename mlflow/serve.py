@@ -26,9 +26,20 @@ from pathlib import Path
 
 
 def prepare_store(backend_store_uri: str) -> None:
-    """Create the tracking tables, or upgrade them to this MLflow's schema (idempotent)."""
+    """Create the tracking tables, or upgrade them to this MLflow's schema (idempotent).
+
+    One plain connection first: MLflow retries a failing database for minutes, and a wrong URL should
+    be an error at once.
+    """
+    import sqlalchemy
     from mlflow.tracking import MlflowClient
 
+    engine = sqlalchemy.create_engine(backend_store_uri)
+    try:
+        with engine.connect():
+            pass
+    finally:
+        engine.dispose()
     MlflowClient(backend_store_uri).search_experiments(max_results=1)
 
 

@@ -8,13 +8,17 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 from pathlib import Path
 
 import psutil
+import pytest
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RUN_PY = REPO_ROOT / "sweeps" / "run.py"
+LAUNCHER = REPO_ROOT / "mlflow" / "serve.py"
 
 
 def short_temp_dir() -> str:
@@ -77,3 +81,31 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def start_tracking_server(backend: str, artifacts: Path, workdir: Path) -> tuple[subprocess.Popen, str]:
+    """The project's launcher (mlflow/serve.py) on a free loopback port; returns it and its URL."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, str(LAUNCHER), "--backend-store-uri", backend, "--artifacts-destination", str(artifacts),
+         "--port", str(port), "--workers", "2"],
+        cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"the launcher exited with {server.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return server, url
+        except OSError:
+            time.sleep(1)
+    stop_tracking_server(server)
+    pytest.fail("the tracking server did not answer within 120 s")
+
+
+def stop_tracking_server(server: subprocess.Popen) -> None:
+    subprocess.run(["pkill", "-TERM", "-s", str(server.pid)], check=False)  # the server and its workers
+    server.wait(timeout=30)

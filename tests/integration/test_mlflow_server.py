@@ -5,50 +5,27 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import REPO_ROOT, free_port, isolated_env, load_smoke_spec, run_sweep_cli, write_spec
+from tests.helpers import (
+    LAUNCHER,
+    free_port,
+    isolated_env,
+    load_smoke_spec,
+    run_sweep_cli,
+    start_tracking_server,
+    stop_tracking_server,
+    write_spec,
+)
 
 pytestmark = pytest.mark.slow
-
-LAUNCHER = REPO_ROOT / "mlflow" / "serve.py"
-
-
-def start_server(backend: str, artifacts: Path, workdir: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, str(LAUNCHER), "--backend-store-uri", backend, "--artifacts-destination", str(artifacts),
-         "--port", str(port), "--workers", "2"],
-        cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"the launcher exited with {server.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return server, url
-        except OSError:
-            time.sleep(1)
-    stop_server(server)
-    pytest.fail("the tracking server did not answer within 120 s")
-
-
-def stop_server(server: subprocess.Popen) -> None:
-    subprocess.run(["pkill", "-TERM", "-s", str(server.pid)], check=False)  # the server and its workers
-    server.wait(timeout=30)
 
 
 def test_eight_concurrent_trials_log_through_a_postgres_backed_server(tmp_path, postgres_url):
     artifacts = tmp_path / "artifacts"
-    server, url = start_server(postgres_url, artifacts, tmp_path)
+    server, url = start_tracking_server(postgres_url, artifacts, tmp_path)
     try:
         spec = load_smoke_spec()
         spec.update(name="postgres", num_samples=8, max_concurrent_trials=8,
@@ -69,15 +46,15 @@ def test_eight_concurrent_trials_log_through_a_postgres_backed_server(tmp_path, 
             assert [m.step for m in client.get_metric_history(run.info.run_id, "acc/id")] == [10, 20, 30, 40]
         run_ids = {run.info.run_id for run in client.search_runs([client.get_experiment_by_name("postgres").experiment_id])}
     finally:
-        stop_server(server)
+        stop_tracking_server(server)
 
-    server, url = start_server(postgres_url, artifacts, tmp_path)  # the same store, started again
+    server, url = start_tracking_server(postgres_url, artifacts, tmp_path)  # the same store, started again
     try:
         client = MlflowClient(url)
         again = client.search_runs([client.get_experiment_by_name("postgres").experiment_id])
         assert {run.info.run_id for run in again} == run_ids
     finally:
-        stop_server(server)
+        stop_tracking_server(server)
 
 
 def test_an_unreachable_store_exits_2_with_one_line(tmp_path):

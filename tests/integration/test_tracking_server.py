@@ -1,47 +1,33 @@
-"""A sweep logging through an MLflow tracking server on a loopback port, its diagrams served over HTTP."""
+"""A sweep logging through the MLflow tracking server (started on a loopback port by the project's
+launcher), which serves the parent run's diagram artifacts over HTTP."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import free_port, isolated_env, load_smoke_spec, run_sweep_cli, write_spec
+from tests.helpers import (
+    isolated_env,
+    load_smoke_spec,
+    run_sweep_cli,
+    start_tracking_server,
+    stop_tracking_server,
+    write_spec,
+)
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def tracking_server(tmp_path):
-    """``mlflow server`` on 127.0.0.1 with a SQLite backend and served artifacts; ended by its pid."""
-    port = free_port()
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "served-artifacts"), "--serve-artifacts", "--workers", "1"],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
+    """The launcher's server with a SQLite backend and served artifacts, on a loopback port."""
+    server, url = start_tracking_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "served", tmp_path)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                time.sleep(1)
-        else:
-            pytest.fail("the MLflow tracking server did not start within 120 s")
         yield url
     finally:
-        subprocess.run(["pkill", "-TERM", "-s", str(server.pid)], check=False)  # its whole session
-        server.wait(timeout=30)
+        stop_tracking_server(server)
 
 
 def test_sweep_logs_through_the_server_which_serves_its_diagrams(tmp_path, tracking_server):
