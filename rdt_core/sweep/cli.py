@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {key} = {value}")
     if outcome.pareto_front:
         print(f"Pareto front: {len(outcome.pareto_front)} trials (pareto_front.json on the parent run)")
+    for note in outcome.report_notes:
+        print(f"phase diagrams: {note}")
     print(f"Optuna study {outcome.study_name} in {plan.optuna_storage}")
     print(f"MLflow parent run {outcome.parent_run_id} in {outcome.tracking_uri}")
     if outcome.tracking_uri.startswith("sqlite:"):

@@ -28,6 +28,7 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from rdt_core.config import ExperimentConfig
+from rdt_core.report import draw_report
 from rdt_core.sweep.spec import Choice, FloatRange, IntRange, SweepSpec
 from rdt_core.sweep.callbacks import MlflowTrialCallback
 from rdt_core.sweep.tracking import SweepTracker, metrics_of, resolve_tracking_uri
@@ -44,6 +45,7 @@ class SweepOutcome:
     n_failed: int
     study_name: str
     pareto_front: list[dict[str, Any]]
+    report_notes: list[str]
 
 
 def tune_search_space(spec: SweepSpec) -> dict[str, Any]:
@@ -210,7 +212,7 @@ class SweepPlan:
             spec=spec,
             spec_path=str(spec_path),
             tracking_uri=tracking_uri,
-            storage_path=str(Path(spec.storage_path or "ray_results").resolve()),
+            storage_path=resolve_storage_path(spec.storage_path),
             optuna_storage=spec.optuna_storage or default_optuna_storage(tracking_uri),
         )
 
@@ -237,6 +239,14 @@ class SweepPlan:
             "phase_diagrams": list(spec.phase_diagrams),
             "base_config": spec.base_config().to_flat_dict(),
         }
+
+
+def resolve_storage_path(storage_path: str | None) -> str:
+    """Where Ray Tune keeps results: a URI (``s3://...``, shared by every node) as it is, a local path
+    made absolute (default ``./ray_results``)."""
+    if storage_path and "://" in storage_path:
+        return storage_path
+    return str(Path(storage_path or "ray_results").resolve())
 
 
 def default_optuna_storage(tracking_uri: str) -> str:
@@ -312,6 +322,7 @@ def run_sweep(plan: SweepPlan, resume: bool = False) -> SweepOutcome:
         front = pareto_front(study) if len(metrics) > 1 else []
         if front:
             tracker.client.log_dict(parent_run_id, {"metrics": metrics, "modes": modes, "front": front}, "pareto_front.json")
+        report_notes = draw_phase_diagrams(plan, parent_run_id)
         succeeded = results.num_errors == 0
         return SweepOutcome(
             parent_run_id=parent_run_id,
@@ -322,6 +333,7 @@ def run_sweep(plan: SweepPlan, resume: bool = False) -> SweepOutcome:
             n_failed=results.num_errors,
             study_name=study_name,
             pareto_front=front,
+            report_notes=report_notes,
         )
     finally:
         system_metrics.finish()
@@ -369,6 +381,15 @@ def trained_checkpoint(spec: SweepSpec, tracker: SweepTracker) -> bytes | None:
 
 def checkpoint_config(checkpoint_bytes: bytes) -> ExperimentConfig:
     return ExperimentConfig.from_dict(torch.load(io.BytesIO(checkpoint_bytes), weights_only=True)["config"])
+
+
+def draw_phase_diagrams(plan: SweepPlan, parent_run_id: str) -> list[str]:
+    """The spec's phase diagrams, drawn from the MLflow runs alone and logged to the parent run."""
+    if not plan.spec.phase_diagrams:
+        return []
+    with tempfile.TemporaryDirectory(prefix="rdt-report-") as scratch:
+        report = draw_report(plan.tracking_uri, plan.spec.name, parent_run_id, list(plan.spec.phase_diagrams), Path(scratch))
+    return [*report.notes, *(f"logged diagrams/{path.name}" for path in report.files)]
 
 
 def pareto_front(study: optuna.Study) -> list[dict[str, Any]]:

@@ -36,6 +36,9 @@ def test_ray_job_submit_runs_the_smoke_sweep_into_mlflow(repo_copy):
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # the job's `python`
     env["RAY_AUTH_MODE"] = "token"  # Ray 2.60's local clusters require a token from job clients
     ray = str(Path(sys.executable).parent / "ray")
+    # Ray 2.60 turns token authentication on for a local head only when a token exists: make sure one
+    # does (~/.ray/auth_token), as the README tells users to, so the test does not depend on the machine.
+    subprocess.run([ray, "get-auth-token", "--generate"], env=env, check=True, capture_output=True, timeout=60)
     try:
         subprocess.run(
             [ray, "start", "--head", f"--port={free_port()}", f"--dashboard-port={dashboard_port}",

@@ -1,0 +1,48 @@
+"""``python -m rdt_core.report EXPERIMENT [--tracking-uri URI] [--run-id ID] [--diagrams a,b] [--out-dir DIR]``
+
+Draws the phase diagrams of a sweep and logs them to its parent run. Exit status 2, with one line on
+stderr, for an unknown experiment, run or diagram (argparse's own usage errors exit 2 as well).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from rdt_core.report.diagrams import DIAGRAMS, draw_report
+from rdt_core.report.runs import ReportError
+from rdt_core.sweep.tracking import DEFAULT_TRACKING_URI
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m rdt_core.report", description=__doc__.splitlines()[2])
+    parser.add_argument("experiment", help="the sweep's MLflow experiment (its name)")
+    parser.add_argument("--tracking-uri", help=f"default: MLFLOW_TRACKING_URI, else {DEFAULT_TRACKING_URI}")
+    parser.add_argument("--run-id", help="the sweep's parent run; default: the experiment's most recent one")
+    parser.add_argument(
+        "--diagrams", help=f"comma-separated, among {','.join(DIAGRAMS)}; default: all that the data supports"
+    )
+    parser.add_argument("--out-dir", type=Path, help="where the files go besides MLflow; default: a new temp directory")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    diagrams = [name.strip() for name in args.diagrams.split(",") if name.strip()] if args.diagrams else None
+    try:
+        report = draw_report(tracking_uri, args.experiment, args.run_id, diagrams, args.out_dir)
+    except ReportError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for note in report.notes:
+        print(f"note: {note}")
+    for path, artifact in zip(report.files, report.artifacts):
+        print(f"{artifact}  ({path})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

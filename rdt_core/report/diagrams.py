@@ -1,0 +1,313 @@
+"""The four phase diagrams of a sweep, and ``draw_report``, which draws them and logs them to its parent run.
+
+Each diagram reads final metric values (or, for grokking, histories) of the sweep's trials and returns a
+``panels.Figure``; one that the data cannot support raises ``Unsupported`` with the reason, which becomes
+a note of the report instead of an error, since which diagrams make sense depends on the sweep.
+
+- overthinking: accuracy over inference loops, per hop count (best trial) and per trained loop count;
+- grokking: accuracy over training steps per trial, with the phase onsets, one panel per split;
+- halting: accuracy against mean loops of every halting rule of every trial, with the Pareto front,
+  and the best trial's threshold grid;
+- depth: accuracy over inference loops per hop count, with the trained hop counts set apart.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Hashable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from rdt_core.report.panels import Figure, Heatmap, Line, Marks, Scatter, Series
+from rdt_core.report.render import write_html, write_png
+from rdt_core.report.runs import ReportError, Sweep, Trial, load_sweep, numbered, open_store, splits_of
+
+ARTIFACT_DIR = "diagrams"
+GRAPH_PARAMS = {"data.n_entities": ("N", "graph size N"), "data.inferred_ratio": ("φ", "inferred ratio φ")}
+GRID_RULE = re.compile(r"halting/id/(?P<rule>kl_(?P<kl>[^_/]+)_h_(?P<h>[^_/]+))/acc")
+
+
+class Unsupported(Exception):
+    """The sweep's data cannot support a diagram; the message says what is missing."""
+
+
+def overthinking(sweep: Sweep) -> Figure:
+    """Where accuracy peaks over inference loops: per hop count for the best trial, and per trained
+    loop count (trials with the same ``train.train_loops`` averaged)."""
+    notes, panels = [], []
+    best = sweep.best_trial()
+    if best is not None and hops_by_loop(best, "id"):
+        panels.append(hop_loop_panel(best, f"{best_label(sweep, best)}: id split"))
+    else:
+        notes.append(f"no per-hop, per-loop accuracy of a best trial (by {sweep.metric}): panel skipped")
+    if (by_trained := trained_loops_panel(sweep.trials)) is not None:
+        panels.append(by_trained)
+    if not panels:
+        raise Unsupported("no trial reports acc/id/loop_<t>")
+    return Figure("overthinking", f"Overthinking: accuracy over inference loops ({sweep.experiment})", panels, notes)
+
+
+def trained_loops_panel(trials: list[Trial]) -> Heatmap | None:
+    """Final accuracy by inference loop per training loop count R, averaging the trials that share R
+    (a search over other settings leaves several); None when no trial has both."""
+    by_trained = defaultdict(list)
+    for trial in trials:
+        if (trained := trial.number("train.train_loops")) is not None and (
+            curve := numbered(trial.metrics, "acc/id", "loop")
+        ):
+            by_trained[trained].append(curve)
+    if not by_trained:
+        return None
+    rows = {
+        trained: {loop: float(np.mean([curve[loop] for curve in curves if loop in curve])) for loop in union(curves)}
+        for trained, curves in sorted(by_trained.items())
+    }
+    title = "final acc/id per training loops R (mean over trials)"
+    panel = grid_panel(rows, title, "inference loops", "training loops R")
+    trained_cells = [(label(r), label(r)) for r in rows if label(r) in panel.x]
+    return with_marks(panel, [row_peaks(panel), Marks("trained loops R", trained_cells, "square-open")])
+
+
+def grokking(sweep: Sweep) -> Figure:
+    """Accuracy over training steps, one row per trial (ordered by graph size and inferred ratio), one
+    panel per split, with the step at which each trial's accuracy first reached the phase level."""
+    splits = splits_of(sweep.trials)
+    if not splits:
+        raise Unsupported("no trial reports acc/<split>")
+    notes = [] if "ood" in splits else ["no ood split (no held-out facts): ood panel skipped"]
+    rows, y_title = trial_rows(sweep.trials)
+    level = sweep.trials[0].params.get("eval.phase_level", "the phase level")
+    panels = [phase_panel(sweep, split, rows, y_title, f"phase onset (acc ≥ {level})") for split in splits]
+    return Figure("grokking", f"Grokking: accuracy over training ({sweep.experiment})", panels, notes)
+
+
+def phase_panel(sweep: Sweep, split: str, rows: list[tuple[str, Trial]], y_title: str, onset: str) -> Heatmap:
+    curves = {row: sweep.history(trial, f"acc/{split}") for row, trial in rows}
+    panel = grid_panel(curves, f"{split} split: acc/{split} at the trained loop count", "optimizer step", y_title)
+    onsets = [
+        (label(trial.metrics[key]), row)
+        for row, trial in rows
+        if (key := f"phase/{split}/step") in trial.metrics and label(trial.metrics[key]) in panel.x
+    ]
+    return with_marks(panel, [Marks(onset, onsets, "diamond")])
+
+
+def trial_rows(trials: list[Trial]) -> tuple[list[tuple[str, Trial]], str]:
+    """One labelled row per trial, by the graph parameters that vary between trials (run names when
+    none does, or to tell apart trials that share them), and the axis title that says so."""
+    varying = [key for key in GRAPH_PARAMS if len({t.params.get(key) for t in trials}) > 1]
+    ordered = sorted(trials, key=lambda t: (*(t.number(key) or 0.0 for key in varying), t.name))
+    labels = [", ".join(f"{GRAPH_PARAMS[key][0]}={t.params.get(key)}" for key in varying) for t in ordered]
+    if not varying or len(set(labels)) < len(labels):
+        labels = [f"{text} ({t.name})" if text else t.name for text, t in zip(labels, ordered)]
+    title = " and ".join(GRAPH_PARAMS[key][1] for key in varying) or "trial"
+    return list(zip(labels, ordered)), title
+
+
+def halting(sweep: Sweep) -> Figure:
+    """Accuracy against compute for every halting rule of every trial (split id, final values) with the
+    Pareto front over all of them, and the best trial's threshold grid."""
+    series = [rule_series(trial) for trial in sweep.trials]
+    series = [s for s in series if s.x]
+    if not series:
+        raise Unsupported("no trial reports halting/id/<rule>/{acc,mean_loops}")
+    points = [(x, y) for s in series for x, y in zip(s.x, s.y)]
+    front = [points[i] for i in pareto_front(points)]
+    scatter = Scatter(
+        "every rule of every trial (id split, final)", "mean loops", "accuracy", series, front, "Pareto front"
+    )
+    best, notes, panels = sweep.best_trial(), [], [scatter]
+    if best is not None and grid_rules(best):
+        panels.append(threshold_panel(best, f"{best_label(sweep, best)}: threshold grid (cells: mean loops)"))
+    else:
+        notes.append(f"the best trial (by {sweep.metric}) reports no threshold grid: grid panel skipped")
+    return Figure("halting", f"Adaptive halting: accuracy against loops ({sweep.experiment})", panels, notes)
+
+
+def rule_series(trial: Trial) -> Series:
+    """The trial's halting rules as (mean loops, accuracy) points: the grid, else the configured rule
+    (a trial stopped early never reported the grid, which comes at the end)."""
+    prefixes = {name: f"halting/id/{name}" for name in grid_rules(trial)} or {"configured rule": "halting/id"}
+    points = [
+        (name, trial.metrics[f"{prefix}/mean_loops"], trial.metrics[f"{prefix}/acc"])
+        for name, prefix in prefixes.items()
+        if f"{prefix}/mean_loops" in trial.metrics and f"{prefix}/acc" in trial.metrics
+    ]
+    names, x, y = zip(*points) if points else ((), (), ())
+    return Series(trial.name, list(x), list(y), [f"{trial.name}: {name}" for name in names])
+
+
+def grid_rules(trial: Trial) -> dict[str, tuple[str, str]]:
+    """Rule name -> (KL threshold, entropy threshold) as written in the metric names."""
+    return {m["rule"]: (m["kl"], m["h"]) for key in trial.metrics if (m := GRID_RULE.fullmatch(key))}
+
+
+def threshold_panel(trial: Trial, title: str) -> Heatmap:
+    rules = grid_rules(trial)
+    kl = sorted({k for k, _ in rules.values()}, key=threshold_order)
+    entropy = sorted({h for _, h in rules.values()}, key=threshold_order)
+    cell = {thresholds: name for name, thresholds in rules.items()}
+    names = [[cell.get((k, h)) for k in kl] for h in entropy]  # None: both off, not a rule
+
+    def value(name: str | None, what: str) -> float:
+        return math.nan if name is None else trial.metrics.get(f"halting/id/{name}/{what}", math.nan)
+
+    panel = Heatmap(
+        title,
+        "KL threshold",
+        "entropy threshold",
+        kl,
+        entropy,
+        [[value(name, "acc") for name in row] for row in names],
+        cell_text=[["" if name is None else f"{value(name, 'mean_loops'):.1f}" for name in row] for row in names],
+    )
+    configured = tuple(threshold_label(trial.params.get(f"eval.halt_{which}")) for which in ("kl", "entropy"))
+    return with_marks(panel, [Marks("configured rule", [configured], "square-open")] if configured in cell else [])
+
+
+def threshold_label(param: str | None) -> str:
+    """A threshold param (``0.01``, ``None``) as the metric names write it (``0.01``, ``off``)."""
+    return "off" if param in (None, "None") else f"{float(param):g}".replace("+", "")
+
+
+def threshold_order(text: str) -> float:
+    return -math.inf if text == "off" else float(text)
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the (mean loops, accuracy) points that no other point beats with no more loops and at
+    least the same accuracy, ordered by mean loops; of equal points, the first. Non-finite points are
+    left out."""
+    finite = [i for i, (x, y) in enumerate(points) if math.isfinite(x) and math.isfinite(y)]
+    front, best = [], -math.inf
+    for i in sorted(finite, key=lambda i: (points[i][0], -points[i][1], i)):
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def depth(sweep: Sweep) -> Figure:
+    """Accuracy over inference loops per hop count for the best trial, the untrained (deeper) hop
+    counts above a line: does looping longer answer deeper queries than those trained?"""
+    best = sweep.best_trial()
+    if best is None or not hops_by_loop(best, "id"):
+        raise Unsupported(f"no per-hop, per-loop accuracy of a best trial (by {sweep.metric})")
+    trained = best.number("data.train_max_hops")
+    hops = list(hops_by_loop(best, "id"))  # ascending
+    if trained is None or hops[-1] <= trained:
+        raise Unsupported("the best trial tests no hop count beyond those it was trained on")
+    panel = hop_loop_panel(best, f"{best_label(sweep, best)}: id split")
+    boundary = Line("y", sum(k <= trained for k in hops) - 0.5, f"trained up to {label(trained)} hops")
+    panel = replace(panel, lines=[*panel.lines, boundary])
+    return Figure("depth", f"Depth extrapolation: accuracy per hop count ({sweep.experiment})", [panel])
+
+
+def hops_by_loop(trial: Trial, split: str) -> dict[int, dict[int, float]]:
+    """Final accuracy by hop count, then by inference loop."""
+    hops = numbered(trial.metrics, f"acc/{split}", "hops")
+    return {k: by_loop for k in sorted(hops) if (by_loop := numbered(trial.metrics, f"acc/{split}/hops_{k}", "loop"))}
+
+
+def hop_loop_panel(trial: Trial, title: str) -> Heatmap:
+    """Hop counts (y) x inference loops (x) of one trial (split id), the peak of each hop count marked
+    and the trained loop count as a vertical line."""
+    panel = grid_panel(hops_by_loop(trial, "id"), title, "inference loops", "hops")
+    trained = trial.number("train.train_loops")
+    if trained is not None and label(trained) in panel.x:
+        panel = replace(panel, lines=[Line("x", panel.x.index(label(trained)), "trained loops R")])
+    return with_marks(panel, [row_peaks(panel)])
+
+
+def grid_panel(rows: Mapping[Hashable, Mapping[float, float]], title: str, x_title: str, y_title: str) -> Heatmap:
+    """A heatmap of rows (in the given order) over the sorted union of their columns; NaN where a row
+    has no value."""
+    columns = union(rows.values())
+    values = [[row.get(column, math.nan) for column in columns] for row in rows.values()]
+    return Heatmap(title, x_title, y_title, [label(c) for c in columns], [label(r) for r in rows], values)
+
+
+def row_peaks(panel: Heatmap) -> Marks:
+    """The cell of highest accuracy in each row (the first of equal ones)."""
+    values = np.array(panel.values, dtype=float)
+    return Marks(
+        "peak of each row",
+        [(panel.x[int(np.nanargmax(row))], y) for y, row in zip(panel.y, values) if np.isfinite(row).any()],
+    )
+
+
+def with_marks(panel: Heatmap, marks: list[Marks]) -> Heatmap:
+    return replace(panel, marks=[*panel.marks, *(m for m in marks if m.points)])
+
+
+def union(rows: Iterable[Mapping[float, float]]) -> list[float]:
+    return sorted({column for row in rows for column in row})
+
+
+def label(value: Hashable) -> str:
+    """Axis labels: whole numbers as integers (``4.0`` -> ``4``, steps beyond a million too), other
+    numbers as ``:g``, anything else as it is."""
+    if isinstance(value, (int, float)):
+        return str(int(value)) if float(value).is_integer() else f"{value:g}"
+    return str(value)
+
+
+def best_label(sweep: Sweep, best: Trial) -> str:
+    return f"best trial {best.name} ({sweep.metric} = {best.metrics[sweep.metric]:.3f})"
+
+
+DIAGRAMS: dict[str, Callable[[Sweep], Figure]] = {
+    "overthinking": overthinking,
+    "grokking": grokking,
+    "halting": halting,
+    "depth": depth,
+}
+
+
+@dataclass(frozen=True)
+class Report:
+    """What ``draw_report`` did: files written (each also logged under ``diagrams/`` of the parent run)
+    and notes on what it skipped and why."""
+
+    parent_run_id: str
+    files: list[Path]
+    notes: list[str]
+
+    @property
+    def artifacts(self) -> list[str]:
+        return [f"runs:/{self.parent_run_id}/{ARTIFACT_DIR}/{path.name}" for path in self.files]
+
+
+def draw_report(
+    tracking_uri: str,
+    experiment: str,
+    parent_run_id: str | None = None,
+    diagrams: list[str] | None = None,
+    out_dir: Path | None = None,
+) -> Report:
+    """Draw the chosen diagrams (default: every one the data supports) of the given parent run, else the
+    most recent one of ``experiment``, as PNG and HTML files in ``out_dir`` (default: a new temporary
+    directory, kept), and log them to the parent run under ``diagrams/``."""
+    names = list(DIAGRAMS) if diagrams is None else diagrams
+    if unknown := [name for name in names if name not in DIAGRAMS]:
+        raise ReportError(f"unknown diagram {unknown[0]!r} (known: {', '.join(DIAGRAMS)})")
+    sweep = load_sweep(open_store(tracking_uri), experiment, parent_run_id)
+    out = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="rdt-report-"))
+    out.mkdir(parents=True, exist_ok=True)
+    files, notes = [], []
+    for name in names:
+        try:
+            figure = DIAGRAMS[name](sweep)
+        except Unsupported as reason:
+            notes.append(f"{name}: skipped: {reason}")
+            continue
+        notes += [f"{name}: {note}" for note in figure.notes]
+        for path in (write_png(figure, out / f"{name}.png"), write_html(figure, out / f"{name}.html")):
+            sweep.client.log_artifact(sweep.parent_run_id, str(path), ARTIFACT_DIR)
+            files.append(path)
+    return Report(sweep.parent_run_id, files, notes)

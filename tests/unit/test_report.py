@@ -1,0 +1,230 @@
+"""Phase diagrams from a real MLflow SQLite store holding synthetic sweeps laid out as the tracker logs
+them (parent run, one child run per trial, every metric at every evaluation step)."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+from rdt_core.report import DIAGRAMS, ReportError, draw_report, pareto_front
+from rdt_core.report.__main__ import main
+from rdt_core.report.diagrams import depth, grokking, halting, overthinking
+from rdt_core.report.runs import load_sweep
+
+MAX_LOOPS, STEPS, PHASE_LEVEL = 6, [0, 100, 200, 300, 400, 500], 0.5
+KL_GRID, ENTROPY_GRID = ["off", "0.0001", "0.01", "1"], ["off", "0.5", "2"]
+
+
+def hop_accuracy(hops: int, loop: int, quality: float) -> float:
+    """A k-hop query peaks at loop k + 1 and falls after it (overthinking)."""
+    return quality * math.exp(-((loop - hops - 1) ** 2) / 4)
+
+
+def onset(split: str, n_entities: int, ratio: float) -> float:
+    """Later for the harder split and the bigger graph, earlier for a higher inferred ratio."""
+    return {"train": 50, "id": 200, "ood": 350}[split] + n_entities - 40 * ratio
+
+
+def trial_metrics(step: int, trial: dict, splits: dict[str, list[int]], last: bool) -> dict[str, float]:
+    """What one evaluation reports, following ``rdt_core.eval``'s names."""
+    metrics, loops = {}, range(1, MAX_LOOPS + 1)
+    for split, hop_counts in splits.items():
+        progress = 1 / (1 + math.exp(-(step - onset(split, trial["n_entities"], trial["ratio"])) / 40))
+        quality = trial["quality"] * progress
+        for k in hop_counts:
+            for t in loops:
+                metrics[f"acc/{split}/hops_{k}/loop_{t:02d}"] = hop_accuracy(k, t, quality)
+            metrics[f"acc/{split}/hops_{k}"] = hop_accuracy(k, trial["loops"], quality)
+        for t in loops:
+            by_hops = [hop_accuracy(k, t, quality) for k in hop_counts]
+            metrics[f"acc/{split}/loop_{t:02d}"] = sum(by_hops) / len(by_hops)
+        metrics[f"acc/{split}"] = metrics[f"acc/{split}/loop_{trial['loops']:02d}"]
+        metrics[f"halting/{split}/acc"], metrics[f"halting/{split}/mean_loops"] = 0.8 * quality, 3.0
+        if last and trial["grid"]:
+            for i, kl in enumerate(KL_GRID):
+                for j, entropy in enumerate(ENTROPY_GRID):
+                    if (kl, entropy) != ("off", "off"):
+                        rule = f"halting/{split}/kl_{kl}_h_{entropy}"
+                        metrics[f"{rule}/acc"] = quality * (0.5 + 0.1 * (i + j))
+                        metrics[f"{rule}/mean_loops"] = 1.0 + i + j
+    return metrics
+
+
+def log_sweep(client: MlflowClient, root: Path, name: str, trials: list[dict], ood: bool, test_max_hops: int) -> str:
+    """A parent run and one child run per trial; returns the parent's id."""
+    experiment_id = client.create_experiment(name, artifact_location=(root / name).as_uri())
+    parent = client.create_run(experiment_id, run_name=name, tags={"sweep.metric": "acc/id", "sweep.mode": "max"})
+    splits = {"train": [1, 2], "id": list(range(2, test_max_hops + 1))} | ({"ood": [2]} if ood else {})
+    for index, trial in enumerate(trials):
+        run = client.create_run(
+            experiment_id, run_name=f"{name}-{index:03d}", tags={MLFLOW_PARENT_RUN_ID: parent.info.run_id}
+        )
+        params = {
+            "train.train_loops": trial["loops"],
+            "data.n_entities": trial["n_entities"],
+            "data.inferred_ratio": trial["ratio"],
+            "data.train_max_hops": 2,
+            "data.test_max_hops": test_max_hops,
+            "model.max_loops": MAX_LOOPS,
+            "eval.phase_level": PHASE_LEVEL,
+            "eval.halt_kl": 0.01,
+            "eval.halt_entropy": None,
+        }
+        metrics, reached = [], {}
+        for step in STEPS:
+            values = trial_metrics(step, trial, splits, last=step == STEPS[-1])
+            for split in splits:
+                if split not in reached and values[f"acc/{split}"] >= PHASE_LEVEL:
+                    reached[split] = step
+                if split in reached:
+                    values[f"phase/{split}/step"] = float(reached[split])
+            metrics += [Metric(key, value, 0, step) for key, value in values.items()]
+        for start in range(0, len(metrics), 1000):
+            client.log_batch(
+                run.info.run_id,
+                metrics=metrics[start : start + 1000],
+                params=[Param(k, str(v)) for k, v in params.items()] if start == 0 else [],
+            )
+    return parent.info.run_id
+
+
+GROKKING_TRIALS = [  # the second is best by acc/id (highest quality)
+    {"n_entities": 32, "ratio": 2.0, "loops": 2, "quality": 0.8, "grid": True},
+    {"n_entities": 32, "ratio": 3.6, "loops": 4, "quality": 1.0, "grid": True},
+    {"n_entities": 64, "ratio": 2.0, "loops": 4, "quality": 0.7, "grid": True},
+    {"n_entities": 64, "ratio": 3.6, "loops": 2, "quality": 0.9, "grid": False},
+]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> dict:
+    """One store for the module: ``full`` (ood split, deeper test queries, halting grids) and
+    ``no-ood`` (no held-out facts, test depth = trained depth)."""
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    full = log_sweep(client, root, "full", GROKKING_TRIALS, ood=True, test_max_hops=4)
+    no_ood = log_sweep(client, root, "no-ood", GROKKING_TRIALS[:2], ood=False, test_max_hops=2)
+    return {"uri": uri, "root": root, "client": client, "full": full, "no-ood": no_ood}
+
+
+def test_draws_every_diagram_as_png_and_html_and_logs_them_to_the_parent_run(store, tmp_path):
+    report = draw_report(store["uri"], "full", out_dir=tmp_path)
+
+    expected = {f"{name}.{ext}" for name in DIAGRAMS for ext in ("png", "html")}
+    assert report.parent_run_id == store["full"]
+    assert report.notes == []
+    assert {path.name for path in report.files} == expected
+    logged = store["client"].list_artifacts(store["full"], "diagrams")
+    assert {info.path for info in logged} == {f"diagrams/{name}" for name in expected}
+    for path in report.files:
+        if path.suffix == ".png":
+            assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        else:  # self-contained: plotly.js (several MB) is embedded, so the page opens offline
+            assert path.stat().st_size > 1_000_000 and "Plotly.newPlot" in path.read_text()
+
+
+def test_overthinking_marks_each_rows_peak_and_averages_trials_of_one_trained_loop_count(store):
+    sweep = load_sweep(store["client"], "full")
+    best_trial, by_trained = overthinking(sweep).panels
+
+    assert "full-001" in best_trial.title  # best by the parent's sweep.metric, acc/id
+    assert best_trial.y == ["2", "3", "4"] and best_trial.x == [str(t) for t in range(1, MAX_LOOPS + 1)]
+    assert best_trial.marks[0].points == [("3", "2"), ("4", "3"), ("5", "4")]  # hop k peaks at loop k + 1
+    assert by_trained.y == ["2", "4"]
+    loop_3 = by_trained.x.index("3")
+    trained_4 = [trial for trial in sweep.trials if trial.params["train.train_loops"] == "4"]
+    mean = sum(trial.metrics["acc/id/loop_03"] for trial in trained_4) / len(trained_4)
+    assert by_trained.values[1][loop_3] == pytest.approx(mean)
+
+
+def test_grokking_has_a_row_per_graph_and_marks_the_phase_onsets(store):
+    sweep = load_sweep(store["client"], "full")
+    panels = grokking(sweep).panels
+
+    assert [panel.title.split()[0] for panel in panels] == ["train", "id", "ood"]
+    train = panels[0]
+    assert train.y == ["N=32, φ=2.0", "N=32, φ=3.6", "N=64, φ=2.0", "N=64, φ=3.6"]
+    assert train.x == [str(step) for step in STEPS]
+    onsets = dict((y, x) for x, y in train.marks[0].points)
+    trial = next(t for t in sweep.trials if t.name == "full-000")
+    assert onsets["N=32, φ=2.0"] == str(int(trial.metrics["phase/train/step"]))
+
+
+def test_halting_front_and_threshold_grid(store):
+    sweep = load_sweep(store["client"], "full")
+    scatter, grid = halting(sweep).panels
+
+    points = [(x, y) for series in scatter.series for x, y in zip(series.x, series.y)]
+    assert len(points) == 3 * 11 + 1  # three trials' grids (11 rules each), one trial's configured rule
+    assert scatter.front == [points[i] for i in pareto_front(points)]
+    assert grid.x == KL_GRID and grid.y == ENTROPY_GRID
+    assert math.isnan(grid.values[0][0])  # both thresholds off is not a rule
+    assert grid.marks[0].points == [("0.01", "off")]  # the configured rule (eval.halt_kl = 0.01)
+
+
+def test_pareto_front_keeps_the_points_no_other_beats():
+    points = [(2.0, 0.8), (2.0, 0.9), (3.0, 0.9), (1.0, 0.5), (4.0, 0.95), (5.0, 0.7), (4.0, 0.95), (1.5, math.nan)]
+    # (2, 0.8) loses to (2, 0.9); (3, 0.9) needs more loops for the same accuracy; (5, 0.7) loses to all
+    # but (1, 0.5); the second (4, 0.95) repeats the first; NaN is left out.
+    assert pareto_front(points) == [3, 1, 4]
+    assert pareto_front([]) == []
+
+
+def test_depth_draws_a_line_between_trained_and_untrained_hop_counts(store):
+    (panel,) = depth(load_sweep(store["client"], "full")).panels
+
+    assert panel.y == ["2", "3", "4"]
+    assert [(line.axis, line.position) for line in panel.lines] == [("x", 3), ("y", 0.5)]  # R = 4; above hops 2
+
+
+def test_a_sweep_without_ood_split_skips_what_needs_it(store, tmp_path):
+    report = draw_report(store["uri"], "no-ood", diagrams=["grokking", "depth"], out_dir=tmp_path)
+
+    assert {path.name for path in report.files} == {"grokking.png", "grokking.html"}
+    assert len(report.notes) == 2
+    assert report.notes[0].startswith("grokking: no ood split")
+    assert report.notes[1].startswith("depth: skipped")
+    panels = grokking(load_sweep(store["client"], "no-ood")).panels
+    assert [panel.title.split()[0] for panel in panels] == ["train", "id"]
+
+
+def test_unknown_store_diagram_or_run_is_an_error_naming_it(store, tmp_path):
+    with pytest.raises(ReportError, match="'phases'"):
+        draw_report(store["uri"], "full", diagrams=["phases"])
+    with pytest.raises(ReportError, match="no MLflow store"):  # and none is created
+        draw_report(f"sqlite:///{tmp_path / 'none.db'}", "full")
+    assert not (tmp_path / "none.db").exists()
+    with pytest.raises(ReportError, match="no run 'f00'"):
+        draw_report(store["uri"], "full", parent_run_id="f00")
+    child = load_sweep(store["client"], "full").trials[0].run_id
+    with pytest.raises(ReportError, match="child run"):
+        draw_report(store["uri"], "full", parent_run_id=child)
+
+
+def test_cli_exits_2_with_one_line_for_an_unknown_experiment(store):
+    command = [sys.executable, "-m", "rdt_core.report", "nope", "--tracking-uri", store["uri"]]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [f"error: no experiment 'nope' in {store['uri']}"]
+
+
+def test_cli_exits_2_for_an_unknown_diagram_and_prints_the_artifacts_it_writes(store, tmp_path, capsys):
+    assert main(["full", "--tracking-uri", store["uri"], "--diagrams", "depth,bogus"]) == 2
+    known = ", ".join(DIAGRAMS)
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: unknown diagram 'bogus' (known: {known})"]
+
+    assert main(["full", "--tracking-uri", store["uri"], "--diagrams", "depth", "--out-dir", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in printed] == [
+        f"runs:/{store['full']}/diagrams/depth.png",
+        f"runs:/{store['full']}/diagrams/depth.html",
+    ]
