@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from rdt_core.sweep.runner import ResumeError, SweepPlan, run_sweep  # imports Ray: once the spec is good
+    from rdt_core.sweep.tracking import TrackingUnavailable
 
     plan = SweepPlan.resolve(spec, args.spec)
     if args.dry_run:
@@ -46,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     except ResumeError as error:
         print(f"error: {args.spec}: {error}", file=sys.stderr)
         return 2
+    except TrackingUnavailable as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     metric = spec.objectives()[0][0]
     print(f"\nsweep {spec.name}: {outcome.n_trials} trials, {outcome.n_failed} failed")
     print(f"best {metric} = {outcome.best_metrics.get(metric, float('nan')):.4f} with")

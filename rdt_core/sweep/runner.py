@@ -31,7 +31,7 @@ from rdt_core.config import ExperimentConfig
 from rdt_core.report import draw_report
 from rdt_core.sweep.spec import Choice, FloatRange, IntRange, SweepSpec
 from rdt_core.sweep.callbacks import MlflowTrialCallback
-from rdt_core.sweep.tracking import SweepTracker, metrics_of, resolve_tracking_uri
+from rdt_core.sweep.tracking import SweepTracker, check_reachable, metrics_of, resolve_tracking_uri
 from rdt_core.train import CHECKPOINT_FILE, FINAL_REPORT_KEY, evaluate_checkpoint, train_worker
 
 
@@ -273,6 +273,7 @@ def run_sweep(plan: SweepPlan, resume: bool = False) -> SweepOutcome:
     experiment_path = f"{plan.storage_path}/{spec.name}"
     if resume and not tune.Tuner.can_restore(experiment_path):  # before MLflow is touched
         raise ResumeError(f"--resume: no interrupted sweep {spec.name!r} at {experiment_path}")
+    check_reachable(plan.tracking_uri)
     tracker = SweepTracker(plan.tracking_uri, spec.name)
     checkpoint_bytes = trained_checkpoint(spec, tracker)
     base = spec.base if checkpoint_bytes is None else checkpoint_config(checkpoint_bytes).model_dump()

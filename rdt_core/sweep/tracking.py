@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+import urllib.request
 from typing import Any, Mapping
 
 from mlflow.entities import Metric, Param, RunStatus
@@ -22,6 +23,25 @@ MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
 def resolve_tracking_uri(spec_uri: str | None) -> str:
     """``MLFLOW_TRACKING_URI`` when set, else the spec's ``tracking_uri``, else a local SQLite file."""
     return os.environ.get("MLFLOW_TRACKING_URI") or spec_uri or DEFAULT_TRACKING_URI
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking server does not answer; the message names it."""
+
+
+def check_reachable(tracking_uri: str, timeout_s: float = 10.0) -> None:
+    """Fail at once when an HTTP tracking server is down, before any trial runs and loses its results
+    (the MLflow client would retry each request for minutes)."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=timeout_s) as response:
+            if response.status == 200:
+                return
+            problem = f"HTTP {response.status}"
+    except OSError as error:
+        problem = str(getattr(error, "reason", error))
+    raise TrackingUnavailable(f"MLflow tracking server {tracking_uri} does not answer ({problem})")
 
 
 def metrics_of(result: Mapping[str, Any]) -> dict[str, float]:

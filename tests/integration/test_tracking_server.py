@@ -4,11 +4,13 @@ launcher), which serves the parent run's diagram artifacts over HTTP."""
 from __future__ import annotations
 
 import urllib.request
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.helpers import (
+    free_port,
     isolated_env,
     load_smoke_spec,
     run_sweep_cli,
@@ -53,3 +55,14 @@ def test_sweep_logs_through_the_server_which_serves_its_diagrams(tmp_path, track
     with urllib.request.urlopen(f"{tracking_server}/get-artifact?path={png}&run_uuid={parent.info.run_id}") as response:
         assert response.status == 200
         assert response.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_tracking_server_that_is_down_stops_the_sweep_before_any_trial(tmp_path):
+    env = isolated_env(tmp_path)
+    env["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    completed = run_sweep_cli(write_spec(tmp_path / "smoke.yaml", load_smoke_spec()), tmp_path, timeout=120, env=env)
+    assert completed.returncode == 1
+    lines = completed.stderr.strip().splitlines()
+    assert len(lines) == 1 and "does not answer" in lines[0] and env["MLFLOW_TRACKING_URI"] in lines[0]
+    assert not (tmp_path / "ray_results").exists()
+    assert not any(Path(env["RAY_TMPDIR"]).iterdir())  # Ray was never started
