@@ -35,13 +35,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
-    from rdt_core.sweep.runner import ResumeError, SweepPlan, run_sweep  # imports Ray: once the spec is good
+    from rdt_core.sweep.runner import (  # imports Ray: only once the spec is known good
+        LocalResourcesError,
+        ResumeError,
+        SweepPlan,
+        check_local_resources,
+        run_sweep,
+    )
     from rdt_core.sweep.tracking import TrackingUnavailable
 
     plan = SweepPlan.resolve(spec, args.spec)
     if args.dry_run:
         print(yaml.safe_dump(plan.as_dict(), sort_keys=False), end="")
         return 0
+    try:
+        check_local_resources(spec)
+    except LocalResourcesError as error:
+        print(f"error: {args.spec}: {error}", file=sys.stderr)
+        return 2
     try:
         outcome = run_sweep(plan, resume=args.resume)
     except ResumeError as error:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -255,6 +256,29 @@ def default_optuna_storage(tracking_uri: str) -> str:
         store = Path(tracking_uri.removeprefix("sqlite:///"))
         return f"sqlite:///{store.resolve().parent / 'optuna.db'}"
     return f"sqlite:///{Path('optuna.db').resolve()}"
+
+
+class LocalResourcesError(ValueError):
+    """A trial asks for more than the machine of an embedded Ray has; Tune would wait for it forever."""
+
+
+def check_local_resources(spec: SweepSpec) -> None:
+    """For an embedded Ray (no ``RAY_ADDRESS``), one trial must fit on this machine. A cluster may add
+    nodes on demand, so a sweep that joins one is not checked here."""
+    if os.environ.get("RAY_ADDRESS"):
+        return
+    resources = spec.resources
+    gpus, cpus = torch.cuda.device_count(), os.cpu_count() or 1
+    if resources.gpus_per_worker * resources.workers_per_trial > gpus:
+        raise LocalResourcesError(
+            f"resources.gpus_per_worker: a trial needs {resources.gpus_per_worker * resources.workers_per_trial:g} "
+            f"GPUs and this machine has {gpus} (use --set resources.gpus_per_worker=0, or RAY_ADDRESS for a cluster)"
+        )
+    if resources.cpus_per_worker * resources.workers_per_trial > cpus:
+        raise LocalResourcesError(
+            f"resources.cpus_per_worker: a trial needs {resources.cpus_per_worker * resources.workers_per_trial:g} "
+            f"CPUs and this machine has {cpus}"
+        )
 
 
 class ResumeError(ValueError):

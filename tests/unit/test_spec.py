@@ -173,3 +173,15 @@ def test_bad_set_names_the_key(item, key):
 def test_grid_sampler_trial_count_is_the_grid_size():
     spec = load_spec(REPO_ROOT / "sweeps" / "grokking.yaml")
     assert spec.trial_count() == 9
+
+
+def test_a_trial_that_cannot_fit_an_embedded_ray_exits_2_instead_of_waiting_forever(tmp_path):
+    path = write_spec(tmp_path / "gpu.yaml", smoke_with(resources__gpus_per_worker=0.5))
+    env = isolated_env(tmp_path)
+    env["CUDA_VISIBLE_DEVICES"] = ""  # no GPU, whatever the machine
+    completed = subprocess.run([sys.executable, str(RUN_PY), str(path)], cwd=tmp_path, env=env,
+                               capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 2
+    lines = completed.stderr.strip().splitlines()
+    assert len(lines) == 1 and "resources.gpus_per_worker" in lines[0]
+    assert not (tmp_path / "mlflow.db").exists()
