@@ -8,13 +8,14 @@ from ray import tune
 from ray.train import Checkpoint as RayTrainCheckpoint
 
 from rdt_core.config import ExperimentConfig
-from rdt_core.sweep.tracking import SweepTracker, metrics_of, per_loop_table, trial_index
+from rdt_core.sweep.tracking import SweepTracker, metrics_of, per_loop_table
 
 
 class MlflowTrialCallback(tune.Callback):
     """Mirrors every Tune trial into a child run of the sweep's parent run.
 
-    Child runs are named ``<sweep>-<n>`` after the trial's index: deterministic for a seeded sampler.
+    Child runs are named ``<sweep>-<n>`` in the order trials start (counted in the store, so a resumed
+    sweep continues the numbering): deterministic for a seeded sampler.
     """
 
     def __init__(self, tracker: SweepTracker, sweep_name: str, base: Mapping[str, Any]):
@@ -29,7 +30,7 @@ class MlflowTrialCallback(tune.Callback):
             self.run_id_by_trial[trial.trial_id] = existing
             self.tracker.reopen(existing)
             return
-        run_name = f"{self.sweep_name}-{trial_index(trial.trial_id):03d}"
+        run_name = f"{self.sweep_name}-{self.tracker.count_children():03d}"
         config = ExperimentConfig.from_dict(self.base, trial.config)
         self.run_id_by_trial[trial.trial_id] = self.tracker.start_child(
             run_name, params=config.to_flat_dict(), tags={"ray.trial_id": trial.trial_id}

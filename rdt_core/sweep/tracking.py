@@ -96,6 +96,13 @@ class SweepTracker:
         )
         return runs[0].info.run_id if runs else None
 
+    def count_children(self) -> int:
+        """Child runs of the parent so far."""
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}'"
+        )
+        return len(runs)
+
     def resume_parent(self, tune_path: str) -> str | None:
         """The latest parent run of the sweep whose Tune experiment is at ``tune_path``, reopened."""
         runs = self.client.search_runs(
@@ -142,12 +149,6 @@ class SweepTracker:
     def finish(self, run_id: str, succeeded: bool) -> None:
         status = RunStatus.to_string(RunStatus.FINISHED if succeeded else RunStatus.FAILED)
         self.client.set_terminated(run_id, status=status)
-
-
-def trial_index(trial_id: str) -> int:
-    """Ray Tune's trial ids end in the trial's index, ``<random>_00003``."""
-    suffix = trial_id.rsplit("_", 1)[-1]
-    return int(suffix) if suffix.isdigit() else 0
 
 
 def per_loop_table(result: Mapping[str, Any]) -> str:

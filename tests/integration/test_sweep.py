@@ -40,6 +40,7 @@ def test_smoke_sweep_logs_one_parent_and_one_child_per_trial(tmp_path):
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(children) == spec["num_samples"]
     parent_id = parents[0].info.run_id
+    assert sorted(child.info.run_name for child in children) == [f"smoke-{n:03d}" for n in range(4)]
     for child in children:
         assert child.data.tags["mlflow.parentRunId"] == parent_id
         assert child.info.status == "FINISHED"
