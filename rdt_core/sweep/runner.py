@@ -33,7 +33,13 @@ from rdt_core.report import draw_report
 from rdt_core.sweep.spec import Choice, FloatRange, IntRange, SweepSpec
 from rdt_core.sweep.callbacks import MlflowTrialCallback
 from rdt_core.sweep.tracking import SweepTracker, check_reachable, metrics_of, resolve_tracking_uri
-from rdt_core.train import CHECKPOINT_FILE, FINAL_REPORT_KEY, evaluate_checkpoint, train_worker
+from rdt_core.train import (
+    CHECKPOINT_FILE,
+    FINAL_REPORT_KEY,
+    evaluate_checkpoint,
+    read_checkpoint_config,
+    train_worker,
+)
 
 
 @dataclass(frozen=True)
@@ -300,7 +306,7 @@ def run_sweep(plan: SweepPlan, resume: bool = False) -> SweepOutcome:
     check_reachable(plan.tracking_uri)
     tracker = SweepTracker(plan.tracking_uri, spec.name)
     checkpoint_bytes = trained_checkpoint(spec, tracker)
-    base = spec.base if checkpoint_bytes is None else checkpoint_config(checkpoint_bytes).model_dump()
+    base = spec.base if checkpoint_bytes is None else read_checkpoint_config(io.BytesIO(checkpoint_bytes)).model_dump()
     if resume:
         parent_run_id = tracker.resume_parent(experiment_path)
         if parent_run_id is None:
@@ -402,10 +408,6 @@ def trained_checkpoint(spec: SweepSpec, tracker: SweepTracker) -> bytes | None:
     with tempfile.TemporaryDirectory() as scratch:
         local = tracker.client.download_artifacts(trained.mlflow_run, f"checkpoint/{CHECKPOINT_FILE}", scratch)
         return Path(local).read_bytes()
-
-
-def checkpoint_config(checkpoint_bytes: bytes) -> ExperimentConfig:
-    return ExperimentConfig.from_dict(torch.load(io.BytesIO(checkpoint_bytes), weights_only=True)["config"])
 
 
 def draw_phase_diagrams(plan: SweepPlan, parent_run_id: str) -> list[str]:

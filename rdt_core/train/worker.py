@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Callable
+from typing import BinaryIO, Callable
 
 import torch
 import torch.distributed as dist
@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from rdt_core.config import ExperimentConfig
 from rdt_core.data.queries import QuerySet, Splits, build_splits, n_held_out_facts
+from rdt_core.data.tokens import Vocabulary
 from rdt_core.eval import SplitResult, evaluate, halting_rules, split_metrics
 from rdt_core.halting import halting_inference
 from rdt_core.lens import lens_metrics, target_ranks
@@ -75,6 +76,12 @@ def reported_metric_names(config: ExperimentConfig) -> set[str]:
 def patching_hops(config: ExperimentConfig) -> int:
     """Patching runs on in-distribution test queries of the deepest trained hop count (at least 2)."""
     return max(2, config.data.train_max_hops)
+
+
+def device_eval_sets(splits: Splits, config: ExperimentConfig, device: torch.device) -> dict[str, QuerySet]:
+    """The query sets every evaluation measures (a training sample and the test splits), on ``device``."""
+    sample = splits.eval_sets(config.eval.n_train_eval_per_hop, config.train.seed)
+    return {name: queries.to(device) for name, queries in sample.items()}
 
 
 def pick_device() -> torch.device:
@@ -145,10 +152,7 @@ def train_worker(
 
     splits = build_splits(config.data)
     train_set = splits.train.to(device)
-    eval_sets = {
-        name: queries.to(device)
-        for name, queries in splits.eval_sets(config.eval.n_train_eval_per_hop, config.train.seed).items()
-    }
+    eval_sets = device_eval_sets(splits, config, device)
     model = build_model(config, splits.vocab).to(device)
     network = DistributedDataParallel(model) if world_size > 1 else model
     optimizer = torch.optim.AdamW(
@@ -240,14 +244,15 @@ def save_checkpoint(model: RecurrentDepthTransformer, config: ExperimentConfig, 
     return path
 
 
-def read_checkpoint_config(path: Path) -> ExperimentConfig:
-    return ExperimentConfig.from_dict(torch.load(path, map_location="cpu", weights_only=True)["config"])
+def read_checkpoint_config(source: Path | BinaryIO) -> ExperimentConfig:
+    """The config saved in a checkpoint: a file's path, or its bytes as a file object."""
+    return ExperimentConfig.from_dict(torch.load(source, map_location="cpu", weights_only=True)["config"])
 
 
 def load_checkpoint(path: Path, device: torch.device | None = None) -> tuple[ExperimentConfig, RecurrentDepthTransformer]:
     state = torch.load(path, map_location=device or "cpu", weights_only=True)
     config = ExperimentConfig.from_dict(state["config"])
-    model = build_model(config, build_splits(config.data).vocab)
+    model = build_model(config, Vocabulary(config.data.n_entities, config.data.n_relations))
     model.load_state_dict(state["model"])
     return config, model.to(device or "cpu").eval()
 
@@ -262,10 +267,7 @@ def evaluate_checkpoint(
     trained_config, model = load_checkpoint(path, device)
     config = ExperimentConfig.from_dict(trained_config.model_dump(), eval_overrides)
     splits = build_splits(config.data)
-    eval_sets = {
-        name: queries.to(device)
-        for name, queries in splits.eval_sets(config.eval.n_train_eval_per_hop, config.train.seed).items()
-    }
+    eval_sets = device_eval_sets(splits, config, device)
     metrics = evaluate(model, eval_sets, config.model.max_loops, config.train.train_loops, config.eval, with_grid=True)
     metrics.update(final_analysis(model, splits, eval_sets, config, device))
     metrics.update({f"final/{name}": value for name, value in list(metrics.items()) if name.startswith("acc/")})
