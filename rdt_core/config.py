@@ -105,7 +105,26 @@ class TrainConfig(StrictModel):
     curriculum: bool = Field(False, description="start at 2 hops; add hop k+1 once hop k is learnt")
     curriculum_level: float = Field(0.9, gt=0.0, le=1.0, description="train accuracy that unlocks a hop")
     eval_every: int = Field(250, ge=1, description="steps between evaluations")
+    checkpoint_every: int | None = Field(
+        None,
+        ge=0,
+        description="steps between resumable checkpoints (a multiple of eval_every); default every evaluation, 0 none",
+    )
     seed: int = Field(0, ge=0, description="seed of initialisation and batch sampling")
+
+    @model_validator(mode="after")
+    def _checkpoints_at_evaluations(self) -> "TrainConfig":
+        if self.checkpoint_every and self.checkpoint_every % self.eval_every:
+            raise ValueError(
+                f"checkpoint_every ({self.checkpoint_every}) must be a multiple of eval_every ({self.eval_every}): "
+                "a checkpoint travels with an evaluation's report"
+            )
+        return self
+
+    @property
+    def checkpoint_interval(self) -> int:
+        """Steps between resumable checkpoints; 0 for none."""
+        return self.eval_every if self.checkpoint_every is None else self.checkpoint_every
 
 
 class EvalConfig(StrictModel):

@@ -62,9 +62,10 @@ def stop_ray_started_in(temp_dir: str) -> None:
     Every process of a ``ray start --temp-dir=X`` names X on its command line or descends from one that
     does; ``ray stop`` would end every Ray on the machine instead.
     """
+    me = os.getpid()
     ours = []
     for process in psutil.process_iter(["cmdline"]):
-        if any(temp_dir in part for part in process.info["cmdline"] or []):
+        if process.pid != me and any(temp_dir in part for part in process.info["cmdline"] or []):
             ours.append(process)
             ours.extend(process.children(recursive=True))
     for process in ours:
@@ -72,9 +73,13 @@ def stop_ray_started_in(temp_dir: str) -> None:
             process.send_signal(signal.SIGTERM)
         except psutil.NoSuchProcess:
             pass
-    _, alive = psutil.wait_procs(ours, timeout=15)
+    # Ray 2.60's gcs_server logs that it stopped on SIGTERM but lingers: what is left after 5 s is killed.
+    _, alive = psutil.wait_procs(ours, timeout=5)
     for process in alive:
-        process.kill()
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 def free_port() -> int:
@@ -83,9 +88,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_tracking_server(backend: str, artifacts: Path, workdir: Path) -> tuple[subprocess.Popen, str]:
-    """The project's launcher (mlflow/serve.py) on a free loopback port; returns it and its URL."""
-    port = free_port()
+def start_tracking_server(
+    backend: str, artifacts: Path, workdir: Path, port: int | None = None
+) -> tuple[subprocess.Popen, str]:
+    """The project's launcher (mlflow/serve.py) on a loopback port (a free one unless given); returns
+    it and its URL."""
+    port = port or free_port()
     server = subprocess.Popen(
         [sys.executable, str(LAUNCHER), "--backend-store-uri", backend, "--artifacts-destination", str(artifacts),
          "--port", str(port), "--workers", "2"],
@@ -106,6 +114,7 @@ def start_tracking_server(backend: str, artifacts: Path, workdir: Path) -> tuple
     pytest.fail("the tracking server did not answer within 120 s")
 
 
-def stop_tracking_server(server: subprocess.Popen) -> None:
-    subprocess.run(["pkill", "-TERM", "-s", str(server.pid)], check=False)  # the server and its workers
+def stop_tracking_server(server: subprocess.Popen, crash: bool = False) -> None:
+    """End the server and its workers: politely, or (``crash``) at once, as a machine that dies would."""
+    subprocess.run(["pkill", "-KILL" if crash else "-TERM", "-s", str(server.pid)], check=False)
     server.wait(timeout=30)

@@ -4,55 +4,62 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from pyarrow.fs import LocalFileSystem
 from ray import tune
-from ray.train import Checkpoint as RayTrainCheckpoint
+from ray.train import Checkpoint
 
 from rdt_core.config import ExperimentConfig
-from rdt_core.sweep.tracking import SweepTracker, metrics_of, per_loop_table
+from rdt_core.sweep.outbox import Outbox, trial_key
+from rdt_core.sweep.tracking import metrics_of, per_loop_table
+
+
+def checkpoint_uri(checkpoint: Checkpoint) -> str:
+    """Where a checkpoint lives, as a path or a URI (``s3://...``) that ``Checkpoint`` reads back."""
+    if isinstance(checkpoint.filesystem, LocalFileSystem):
+        return checkpoint.path
+    return f"{checkpoint.filesystem.type_name}://{checkpoint.path}"
 
 
 class MlflowTrialCallback(tune.Callback):
-    """Mirrors every Tune trial into a child run of the sweep's parent run.
+    """Mirrors every Tune trial into a child run of the sweep's parent run, through the sweep's outbox.
 
     Child runs are named ``<sweep>-<n>`` in the order trials start (counted in the store, so a resumed
-    sweep continues the numbering): deterministic for a seeded sampler.
+    sweep continues the numbering): deterministic for a seeded sampler. A trial restarted after its
+    process died keeps its run, tagged with the number of restarts.
     """
 
-    def __init__(self, tracker: SweepTracker, sweep_name: str, base: Mapping[str, Any]):
-        self.tracker = tracker
-        self.sweep_name = sweep_name
+    def __init__(self, outbox: Outbox, base: Mapping[str, Any]):
+        self.outbox = outbox
         self.base = base
-        self.run_id_by_trial: dict[str, str] = {}
+        self.started: set[str] = set()  # trials whose run this driver has started
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        existing = self.run_id_by_trial.get(trial.trial_id) or self.tracker.child_of_trial(trial.trial_id)
-        if existing:  # a restarted or resumed trial keeps its run
-            self.run_id_by_trial[trial.trial_id] = existing
-            self.tracker.reopen(existing)
+        if trial.trial_id in self.started:  # restarted after a failure, or unpaused
+            self.outbox.reopen(trial_key(trial.trial_id))
             return
-        run_name = f"{self.sweep_name}-{self.tracker.count_children():03d}"
-        config = ExperimentConfig.from_dict(self.base, trial.config)
-        self.run_id_by_trial[trial.trial_id] = self.tracker.start_child(
-            run_name, params=config.to_flat_dict(), tags={"ray.trial_id": trial.trial_id}
-        )
+        self.started.add(trial.trial_id)
+        params = ExperimentConfig.from_dict(self.base, trial.config).to_flat_dict()
+        self.outbox.start_trial_run(trial.trial_id, params=params, tags={})
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        run_id = self.run_id_by_trial[trial.trial_id]
-        self.tracker.log_metrics(run_id, metrics_of(result), step=int(result.get("step", iteration)))
+        step = int(result.get("step", iteration))
+        self.outbox.log_metrics(trial_key(trial.trial_id), metrics_of(result), step=step)
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.outbox.set_tag(trial_key(trial.trial_id), "ray.restarts", str(trial.num_failures))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        run_id = self.run_id_by_trial[trial.trial_id]
+        key = trial_key(trial.trial_id)
         result = trial.last_result or {}
         table = per_loop_table(result)
         if table:
-            self.tracker.client.log_text(run_id, table, "per_loop_accuracy.csv")
+            self.outbox.log_text(key, table, "per_loop_accuracy.csv")
         checkpoint = trial.checkpoint or (  # a TorchTrainer trial forwards its checkpoint's path
-            RayTrainCheckpoint(result["checkpoint_path"]) if result.get("checkpoint_path") else None
+            Checkpoint(result["checkpoint_path"]) if result.get("checkpoint_path") else None
         )
         if checkpoint is not None:
-            with checkpoint.as_directory() as directory:
-                self.tracker.client.log_artifacts(run_id, directory, "checkpoint")
-        self.tracker.finish(run_id, succeeded=True)
+            self.outbox.log_checkpoint(key, checkpoint_uri(checkpoint))
+        self.outbox.finish(key, succeeded=True)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.tracker.finish(self.run_id_by_trial[trial.trial_id], succeeded=False)
+        self.outbox.finish(trial_key(trial.trial_id), succeeded=False)

@@ -1,8 +1,9 @@
-"""``python sweeps/run.py SPEC.yaml [--set key=value ...] [--dry-run] [--resume]``: validate the spec, run
-the sweep, print where to look.
+"""``python sweeps/run.py SPEC.yaml [--set key=value ...] [--dry-run] [--resume] [--send-outbox]``: validate
+the spec, run the sweep, print where to look.
 
-Exit status: 0 when every trial finished, 1 when a trial or the sweep failed, 2 for invalid input
-(one line naming the file and the key, printed before Ray or MLflow is touched).
+Exit status: 0 when every trial finished and MLflow has every result, 1 when a trial or the sweep failed
+or the tracking store stopped answering (its writes are then kept for ``--send-outbox``), 2 for invalid
+input (one line naming the file and the key, printed before Ray or MLflow is touched).
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
         "--resume", action="store_true",
         help="continue an interrupted sweep of this spec: finished trials are not run again, MLflow runs are reused",
     )
+    parser.add_argument(
+        "--send-outbox", action="store_true",
+        help="send the MLflow writes this sweep kept while its tracking store was down; run nothing",
+    )
     args = parser.parse_args(argv)
     try:
         spec = load_spec(args.spec, args.overrides)
@@ -37,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from rdt_core.sweep.runner import (  # imports Ray: only once the spec is known good
         LocalResourcesError,
+        OutboxError,
         ResumeError,
         SweepPlan,
         check_local_resources,
@@ -45,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     from rdt_core.sweep.tracking import TrackingUnavailable
 
     plan = SweepPlan.resolve(spec, args.spec)
+    if args.send_outbox:
+        return send_kept_writes(spec.name)
     if args.dry_run:
         print(yaml.safe_dump(plan.as_dict(), sort_keys=False), end="")
         return 0
@@ -55,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         outcome = run_sweep(plan, resume=args.resume)
-    except ResumeError as error:
+    except (ResumeError, OutboxError) as error:
         print(f"error: {args.spec}: {error}", file=sys.stderr)
         return 2
     except TrackingUnavailable as error:
@@ -80,4 +88,28 @@ def main(argv: list[str] | None = None) -> int:
             f"open it with: {mlflow_command} ui --backend-store-uri {outcome.tracking_uri} --port 5000"
             " (then http://127.0.0.1:5000)"
         )
+    if outcome.unsent_writes:
+        print(
+            f"MLflow store {outcome.tracking_uri} is not answering: {outcome.unsent_writes} writes (results of "
+            f"finished trials among them) are kept in {outcome.outbox_path}; once it answers, send them with: "
+            f"python sweeps/run.py {args.spec} --send-outbox",
+            file=sys.stderr,
+        )
+        return 1
     return 0 if outcome.n_failed == 0 else 1
+
+
+def send_kept_writes(sweep_name: str) -> int:
+    """``--send-outbox``: 0 once every kept write is in MLflow, 1 while the store still does not answer."""
+    from rdt_core.sweep.outbox import outbox_path, send_outbox
+
+    path = outbox_path(sweep_name)
+    if not path.exists():
+        print(f"{path}: nothing kept, nothing to send")
+        return 0
+    unsent = send_outbox(path)
+    if unsent:
+        print(f"error: the MLflow store still does not answer; {unsent} writes stay in {path}", file=sys.stderr)
+        return 1
+    print(f"sent every write kept in {path}; draw the phase diagrams with: python -m rdt_core.report {sweep_name}")
+    return 0

@@ -8,9 +8,11 @@ Train V2) and forwards its workers' reports to Tune through ``TuneReportCallback
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -32,10 +34,12 @@ from rdt_core.config import ExperimentConfig
 from rdt_core.report import draw_report
 from rdt_core.sweep.spec import Choice, FloatRange, IntRange, SweepSpec
 from rdt_core.sweep.callbacks import MlflowTrialCallback
+from rdt_core.sweep.outbox import PARENT, Outbox, outbox_path
 from rdt_core.sweep.tracking import SweepTracker, check_reachable, metrics_of, resolve_tracking_uri
 from rdt_core.train import (
     CHECKPOINT_FILE,
     FINAL_REPORT_KEY,
+    Reporter,
     evaluate_checkpoint,
     read_checkpoint_config,
     train_worker,
@@ -53,6 +57,8 @@ class SweepOutcome:
     study_name: str
     pareto_front: list[dict[str, Any]]
     report_notes: list[str]
+    unsent_writes: int  # MLflow writes kept in outbox_path because the store stopped answering
+    outbox_path: str
 
 
 def tune_search_space(spec: SweepSpec) -> dict[str, Any]:
@@ -70,44 +76,52 @@ def tune_search_space(spec: SweepSpec) -> dict[str, Any]:
     return space
 
 
-def checkpointing_reporter(
-    report: Callable[..., None], checkpoint_type: type, checkpoint_dir: Path
-) -> Callable[[dict[str, float]], None]:
-    """Attach the trained model (written to ``checkpoint_dir`` just before) to the final report only.
+def checkpointing_reporter(report: Callable[..., None], checkpoint_type: type) -> Reporter:
+    """``train_worker``'s reporter for Ray: the checkpoint directory (if any) goes with the report.
 
-    ``checkpoint_type`` is Tune's or Ray Train's Checkpoint class: Train V2 keeps its own.
+    ``report`` and ``checkpoint_type`` are Tune's or Ray Train's: Train V2 keeps its own. Either
+    ``report`` copies the checkpoint to the run's storage before it returns.
     """
 
-    def reporter(metrics: dict[str, float]) -> None:
-        is_final = FINAL_REPORT_KEY in metrics and (checkpoint_dir / CHECKPOINT_FILE).exists()
-        report(metrics, checkpoint=checkpoint_type.from_directory(checkpoint_dir) if is_final else None)
+    def reporter(metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        report(metrics, checkpoint=checkpoint_type.from_directory(checkpoint_dir) if checkpoint_dir else None)
 
     return reporter
 
 
+def train_resuming(config: ExperimentConfig, reporter: Reporter, latest: Any) -> None:
+    """``train_worker`` from ``latest`` (the trial's last reported checkpoint, after a restart), or from
+    the start when it is None."""
+    checkpoint_dir = Path(tempfile.mkdtemp(prefix="rdt-checkpoint-"))
+    if latest is None:
+        train_worker(config, reporter, checkpoint_dir)
+        return
+    with latest.as_directory() as resume_from:
+        train_worker(config, reporter, checkpoint_dir, resume_from=Path(resume_from))
+
+
 def run_single_worker_trial(overrides: dict[str, Any], base: dict[str, Any]) -> None:
     """A whole trial in its Tune actor: the cheapest path for small models."""
-    checkpoint_dir = Path(tempfile.mkdtemp(prefix="rdt-checkpoint-"))
-    reporter = checkpointing_reporter(tune.report, tune.Checkpoint, checkpoint_dir)
-    train_worker(ExperimentConfig.from_dict(base, overrides), reporter, checkpoint_dir)
+    config = ExperimentConfig.from_dict(base, overrides)
+    train_resuming(config, checkpointing_reporter(tune.report, tune.Checkpoint), tune.get_checkpoint())
 
 
 def run_inference_trial(overrides: dict[str, Any], checkpoint_bytes: bytes) -> None:
     """An inference-only trial: the sweep's trained model under this trial's ``eval.*`` settings."""
     path = Path(tempfile.mkdtemp(prefix="rdt-trained-")) / CHECKPOINT_FILE
     path.write_bytes(checkpoint_bytes)
-    evaluate_checkpoint(path, overrides, tune.report)
+    evaluate_checkpoint(path, overrides, lambda metrics, _: tune.report(metrics))
 
 
 def data_parallel_worker(loop_config: dict[str, Any]) -> None:
     """One Ray Train worker: the same ``train_worker``, reporting to Ray Train."""
     config = ExperimentConfig.from_dict(loop_config["base"], loop_config["overrides"])
-    checkpoint_dir = Path(tempfile.mkdtemp(prefix="rdt-checkpoint-"))
-    train_worker(config, checkpointing_reporter(ray_train.report, ray_train.Checkpoint, checkpoint_dir), checkpoint_dir)
+    reporter = checkpointing_reporter(ray_train.report, ray_train.Checkpoint)
+    train_resuming(config, reporter, ray_train.get_checkpoint())
 
 
 def run_data_parallel_trial(
-    overrides: dict[str, Any], base: dict[str, Any], resources: dict[str, Any], storage_path: str
+    overrides: dict[str, Any], base: dict[str, Any], resources: dict[str, Any], storage_path: str, max_failures: int
 ) -> None:
     """A Tune trial that drives a TorchTrainer; its run is named after the trial, with no timestamp."""
     gpus = resources["gpus_per_worker"]
@@ -120,10 +134,14 @@ def run_data_parallel_trial(
             use_gpu=gpus > 0,
             resources_per_worker=per_worker,
         ),
+        # A worker that dies restarts the group from the latest checkpoint; a restarted trial makes a
+        # trainer of the same name and storage, which Train V2 resumes from that run's latest checkpoint.
         run_config=ray_train.RunConfig(
             name=f"train-{tune.get_context().get_trial_id()}",
             storage_path=storage_path,
             callbacks=[TuneReportCallback()],
+            failure_config=ray_train.FailureConfig(max_failures=max_failures),
+            checkpoint_config=ray_train.CheckpointConfig(num_to_keep=1),
         ),
     )
     trainer.fit()
@@ -146,6 +164,7 @@ def make_trainable(spec: SweepSpec, storage_path: str, checkpoint_bytes: bytes |
         base=spec.base,
         resources=resources.model_dump(),
         storage_path=storage_path,
+        max_failures=spec.max_failures,
     )
     # The driver only waits on its TorchTrainer; the workers hold the real resources. Tune needs some.
     return tune.with_resources(trainable, {"cpu": 0.01})
@@ -291,19 +310,35 @@ class ResumeError(ValueError):
     """``--resume`` found nothing to resume; the message names what is missing."""
 
 
+class OutboxError(ValueError):
+    """A new sweep would mix its MLflow writes with an earlier one's that were never sent."""
+
+
 def run_sweep(plan: SweepPlan, resume: bool = False) -> SweepOutcome:
     """Run the whole sweep: parent run, trials, best trial, Pareto front, phase diagrams.
 
     With ``resume``, continue the interrupted sweep of the same name and storage: Tune restores its
-    experiment state (finished trials are not run again), the parent run and the Optuna study are
-    reused, and a restarted trial logs into the child run it already had.
+    experiment state (finished trials are not run again, unfinished ones restart from their latest
+    checkpoint), the parent run and the Optuna study are reused, and a restarted trial logs into the
+    child run it already had. Writes to MLflow go through the sweep's outbox, so a tracking store that
+    goes away mid-sweep loses nothing (``SweepOutcome.unsent_writes``).
     """
     spec = plan.spec
     metrics, modes = spec.objectives()
     experiment_path = f"{plan.storage_path}/{spec.name}"
     if resume and not tune.Tuner.can_restore(experiment_path):  # before MLflow is touched
         raise ResumeError(f"--resume: no interrupted sweep {spec.name!r} at {experiment_path}")
+    kept = outbox_path(spec.name)
+    if kept.exists() and not resume:
+        raise OutboxError(
+            f"{kept} holds MLflow writes of an earlier {spec.name!r} sweep that were never sent: "
+            "send them first with --send-outbox (or delete the file)"
+        )
     check_reachable(plan.tracking_uri)
+    # The client's own retries would stall the sweep for minutes on a store that has gone; the outbox
+    # retries instead, for as long as it takes.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     tracker = SweepTracker(plan.tracking_uri, spec.name)
     checkpoint_bytes = trained_checkpoint(spec, tracker)
     base = spec.base if checkpoint_bytes is None else read_checkpoint_config(io.BytesIO(checkpoint_bytes)).model_dump()
@@ -328,12 +363,14 @@ def run_sweep(plan: SweepPlan, resume: bool = False) -> SweepOutcome:
         tracker.client.set_tag(parent_run_id, "optuna.study_name", study_name)
         tracker.client.log_text(parent_run_id, yaml.safe_dump(spec.model_dump(), sort_keys=False), "spec.yaml")
         tracker.client.log_text(parent_run_id, yaml.safe_dump(plan.as_dict(), sort_keys=False), "plan.yaml")
+    outbox = Outbox(tracker, spec.name, kept)
+    outbox.flush()  # what a resumed sweep's first driver could not send
 
     # CPU, memory, disk, network (and GPU where present) of the driver's node, as system/* metrics.
     system_metrics = SystemMetricsMonitor(parent_run_id, sampling_interval=10, tracking_uri=plan.tracking_uri)
     system_metrics.start()
     started_ray = not ray.is_initialized()
-    succeeded = False
+    parent_finished = False
     try:
         if started_ray:
             ray.init()  # joins RAY_ADDRESS (or the job's cluster) when set, else starts a local Ray
@@ -341,20 +378,22 @@ def run_sweep(plan: SweepPlan, resume: bool = False) -> SweepOutcome:
         if resume:  # the searcher, scheduler and callbacks come back from the saved experiment state
             tuner = tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True, resume_errored=True)
         else:
-            tuner = new_tuner(spec, plan, trainable, study_name, MlflowTrialCallback(tracker, spec.name, base))
+            tuner = new_tuner(spec, plan, trainable, study_name, MlflowTrialCallback(Outbox(tracker, spec.name, kept), base))
         results = tuner.fit()
+        outbox = Outbox(tracker, spec.name, kept)  # what the callback's outbox left unsent, from its file
         best = results.get_best_result(metric=metrics[0], mode=modes[0])
         best_metrics = metrics_of(best.metrics or {})
-        tracker.log_params(parent_run_id, {f"best.{key}": value for key, value in best.config.items()})
-        tracker.log_metrics(
-            parent_run_id, {f"best/{m}": best_metrics.get(m, float("nan")) for m in metrics}, step=0
-        )
+        outbox.log_params(PARENT, {f"best.{key}": value for key, value in best.config.items()})
+        outbox.log_metrics(PARENT, {f"best/{m}": best_metrics.get(m, float("nan")) for m in metrics}, step=0)
         study = optuna.load_study(study_name=study_name, storage=plan.optuna_storage)
         front = pareto_front(study) if len(metrics) > 1 else []
         if front:
-            tracker.client.log_dict(parent_run_id, {"metrics": metrics, "modes": modes, "front": front}, "pareto_front.json")
-        report_notes = draw_phase_diagrams(plan, parent_run_id)
-        succeeded = results.num_errors == 0
+            outbox.log_text(PARENT, json.dumps({"metrics": metrics, "modes": modes, "front": front}, indent=2),
+                            "pareto_front.json")
+        outbox.finish(PARENT, succeeded=results.num_errors == 0)
+        parent_finished = True
+        all_sent = wait_until_sent(outbox, OUTBOX_WAIT_S)
+        report_notes = draw_phase_diagrams(plan, parent_run_id) if all_sent else []
         return SweepOutcome(
             parent_run_id=parent_run_id,
             tracking_uri=plan.tracking_uri,
@@ -365,12 +404,29 @@ def run_sweep(plan: SweepPlan, resume: bool = False) -> SweepOutcome:
             study_name=study_name,
             pareto_front=front,
             report_notes=report_notes,
+            unsent_writes=len(outbox.pending),
+            outbox_path=str(kept),
         )
     finally:
         system_metrics.finish()
-        tracker.finish(parent_run_id, succeeded=succeeded)
+        if not parent_finished:  # an exception: the parent run ends failed
+            Outbox(tracker, spec.name, kept).finish(PARENT, succeeded=False)
         if started_ray:
             ray.shutdown()
+
+
+# At the end of a sweep, how long a store that has gone is waited for before its writes are left kept.
+OUTBOX_WAIT_S = float(os.environ.get("RDT_OUTBOX_WAIT_S", "60"))
+
+
+def wait_until_sent(outbox: Outbox, timeout_s: float) -> bool:
+    """Send what the outbox holds, waiting up to ``timeout_s`` for a store that has gone to return."""
+    deadline = time.monotonic() + timeout_s
+    while not outbox.flush():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(5)
+    return True
 
 
 def new_tuner(spec: SweepSpec, plan: SweepPlan, trainable: Any, study_name: str, callback: tune.Callback) -> tune.Tuner:
@@ -394,7 +450,15 @@ def new_tuner(spec: SweepSpec, plan: SweepPlan, trainable: Any, study_name: str,
             mode=modes[0] if single else None,
             trial_dirname_creator=lambda trial: f"trial-{trial.trial_id}",
         ),
-        run_config=tune.RunConfig(name=spec.name, storage_path=plan.storage_path, callbacks=[callback], verbose=1),
+        run_config=tune.RunConfig(
+            name=spec.name,
+            storage_path=plan.storage_path,
+            callbacks=[callback],
+            verbose=1,
+            # A trial whose process dies is restarted from its latest checkpoint, up to max_failures times.
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # the latest: resumable, then the final model
+        ),
     )
 
 

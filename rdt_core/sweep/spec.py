@@ -139,6 +139,9 @@ class SweepSpec(StrictModel):
     sampler: Sampler = Sampler()
     scheduler: Scheduler = Scheduler()
     resources: Resources = Resources()
+    max_failures: int = Field(
+        3, ge=-1, description="restarts of a trial whose process dies, each from its latest checkpoint; -1 no limit"
+    )
     tracking_uri: str | None = Field(None, description="MLflow store, unless MLFLOW_TRACKING_URI is set")
     storage_path: str | None = Field(None, description="Ray Tune results; default ./ray_results")
     optuna_storage: str | None = Field(

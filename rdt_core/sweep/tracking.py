@@ -29,6 +29,15 @@ class TrackingUnavailable(RuntimeError):
     """The tracking server does not answer; the message names it."""
 
 
+def store_answers(tracking_uri: str, timeout_s: float = 5.0) -> bool:
+    """Whether the store answers now: an HTTP server's health check; a database is taken to."""
+    try:
+        check_reachable(tracking_uri, timeout_s)
+    except TrackingUnavailable:
+        return False
+    return True
+
+
 def check_reachable(tracking_uri: str, timeout_s: float = 10.0) -> None:
     """Fail at once when an HTTP tracking server is down, before any trial runs and loses its results
     (the MLflow client would retry each request for minutes)."""
@@ -66,15 +75,16 @@ def now_ms() -> int:
 class SweepTracker:
     """Owns the parent run of one sweep and creates, fills and closes its child runs."""
 
-    def __init__(self, tracking_uri: str, experiment_name: str):
+    def __init__(self, tracking_uri: str, experiment_name: str, experiment_id: str | None = None):
+        """The experiment named ``experiment_name``, made if need be, unless its id is given."""
         self.tracking_uri = tracking_uri
         self._client: MlflowClient | None = None
-        experiment = self.client.get_experiment_by_name(experiment_name)
-        self.experiment_id = (
-            experiment.experiment_id
-            if experiment is not None
-            else self.client.create_experiment(experiment_name)
-        )
+        if experiment_id is None:
+            experiment = self.client.get_experiment_by_name(experiment_name)
+            experiment_id = (
+                experiment.experiment_id if experiment is not None else self.client.create_experiment(experiment_name)
+            )
+        self.experiment_id = experiment_id
         self.parent_run_id: str | None = None
 
     @property
@@ -140,15 +150,15 @@ class SweepTracker:
         for start in range(0, len(items), 100):  # MLflow's limit of params per batch
             self.client.log_batch(run_id, params=items[start : start + 100])
 
-    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
-        timestamp = now_ms()
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int, timestamp: int | None = None) -> None:
+        timestamp = timestamp or now_ms()
         items = [Metric(key, value, timestamp, step) for key, value in metrics.items()]
         for start in range(0, len(items), MAX_METRICS_PER_BATCH):
             self.client.log_batch(run_id, metrics=items[start : start + MAX_METRICS_PER_BATCH])
 
-    def finish(self, run_id: str, succeeded: bool) -> None:
+    def finish(self, run_id: str, succeeded: bool, end_time: int | None = None) -> None:
         status = RunStatus.to_string(RunStatus.FINISHED if succeeded else RunStatus.FAILED)
-        self.client.set_terminated(run_id, status=status)
+        self.client.set_terminated(run_id, status=status, end_time=end_time)
 
 
 def per_loop_table(result: Mapping[str, Any]) -> str:

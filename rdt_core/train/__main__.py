@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     progress = tqdm(total=evaluations, unit="eval", desc=args.config.stem)
     reports: list[dict[str, float]] = []
 
-    def report(metrics: dict[str, float]) -> None:
+    def report(metrics: dict[str, float], checkpoint: Path | None) -> None:  # one run: no resuming
         reports.append(metrics)
         if tracker is not None:
             tracker.log_metrics(run_id, {k: v for k, v in metrics.items() if k != "step"}, int(metrics["step"]))

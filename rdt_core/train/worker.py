@@ -13,7 +13,9 @@ metrics of ``rdt_core.eval`` and the grokking phases reached so far. The last re
 from __future__ import annotations
 
 import math
+import shutil
 import time
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -31,9 +33,11 @@ from rdt_core.lens import lens_metrics, target_ranks
 from rdt_core.model.transformer import RecurrentDepthTransformer, build_model
 from rdt_core.patching import corrupt_first_relation, patching_grid, patching_metrics
 
-Reporter = Callable[[dict[str, float]], None]
+# A reporter takes a report's metrics and the checkpoint directory that goes with it (or None).
+Reporter = Callable[[dict[str, float], "Path | None"], None]
 FINAL_REPORT_KEY = "time/train_s"  # only the last report, sent once training has finished, carries it
-CHECKPOINT_FILE = "model.pt"
+CHECKPOINT_FILE = "model.pt"  # the config and the weights: what inference and the final report need
+TRAINING_STATE_FILE = "training_state.pt"  # optimizer, random streams and progress: what resuming adds
 
 
 def split_hop_counts(config: ExperimentConfig) -> dict[str, list[int]]:
@@ -54,7 +58,7 @@ def reported_metric_names(config: ExperimentConfig) -> set[str]:
     """
     max_loops = config.model.max_loops
     rules = halting_rules(config.eval, with_grid=True)
-    names = {"step", "lr", "loss/train", "loops/train", "curriculum/max_hops", "time/elapsed_s"}
+    names = {"step", "lr", "loss/train", "loops/train", "curriculum/max_hops", "time/elapsed_s", "resume/from_step"}
     names |= {"time/train_s", "model/n_params", "dist/world_size"}
     for split, hop_counts in split_hop_counts(config).items():
         hops = torch.tensor(hop_counts)
@@ -82,6 +86,11 @@ def device_eval_sets(splits: Splits, config: ExperimentConfig, device: torch.dev
     """The query sets every evaluation measures (a training sample and the test splits), on ``device``."""
     sample = splits.eval_sets(config.eval.n_train_eval_per_hop, config.train.seed)
     return {name: queries.to(device) for name, queries in sample.items()}
+
+
+def rank_and_world_size() -> tuple[int, int]:
+    """This worker's rank and the number of data-parallel workers (0 and 1 outside Ray Train)."""
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
 def pick_device() -> torch.device:
@@ -130,23 +139,44 @@ class Curriculum:
     def _eligible(self) -> torch.Tensor:
         return (self.train_set.hops <= self.max_hops).nonzero().squeeze(1)  # (n_eligible,)
 
+    def set_max_hops(self, max_hops: int) -> None:
+        """Where a resumed run's curriculum stood."""
+        self.max_hops = max_hops
+        self.eligible = self._eligible()
+
     def update(self, metrics: dict[str, float]) -> None:
         level_reached = metrics.get(f"acc/train/hops_{self.max_hops}", 0.0) >= self.config.train.curriculum_level
         if self.config.train.curriculum and level_reached and self.max_hops < self.config.data.train_max_hops:
-            self.max_hops += 1
-            self.eligible = self._eligible()
+            self.set_max_hops(self.max_hops + 1)
+
+
+@dataclass
+class Progress:
+    """What the loop carries from step to step besides the weights, the optimizer and the random streams."""
+
+    step: int = 0  # the last optimizer step taken
+    elapsed_s: float = 0.0  # training time before this process started (a resumed run)
+    phase_steps: dict[str, int] = field(default_factory=dict)  # split -> step its accuracy reached phase_level
+    curriculum_max_hops: int | None = None
 
 
 def train_worker(
-    config: ExperimentConfig, reporter: Reporter, checkpoint_dir: Path | None = None
+    config: ExperimentConfig,
+    reporter: Reporter,
+    checkpoint_dir: Path | None = None,
+    resume_from: Path | None = None,
 ) -> dict[str, float]:
     """Train one model, reporting metrics every ``eval_every`` steps and a summary at the end.
 
-    With ``checkpoint_dir``, the trained model is saved there (``CHECKPOINT_FILE``, rank 0 only) before
-    the final report, so that the caller can attach it to that report. Returns the summary.
+    With ``checkpoint_dir``, rank 0 writes a resumable checkpoint every ``train.checkpoint_every`` steps
+    (a subdirectory holding ``CHECKPOINT_FILE`` and ``TRAINING_STATE_FILE``) and passes it with that
+    step's report; the reporter must have persisted it when it returns, as Ray's ``report`` has, for it
+    is deleted then. The trained model alone (``CHECKPOINT_FILE`` in ``checkpoint_dir``) goes with the
+    final report. With ``resume_from`` (such a subdirectory), training continues after its step exactly
+    as if it had never stopped: on CPU, to the same metrics. Returns the summary.
     """
     started = time.perf_counter()
-    rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    rank, world_size = rank_and_world_size()
     device = pick_device()
     torch.manual_seed(config.train.seed)  # identical initial weights on every worker
 
@@ -169,11 +199,15 @@ def train_worker(
     sample_loops = LoopSampler(config)
     curriculum = Curriculum(config, train_set)
     progressive = config.train.progressive_loss_weight > 0
-    phase_steps: dict[str, int] = {}
+    progress = Progress(curriculum_max_hops=curriculum.max_hops)
+    if resume_from is not None:
+        progress = restore_training_state(Path(resume_from), model, optimizer, batch_generator, sample_loops)
+        curriculum.set_max_hops(progress.curriculum_max_hops)
+    resumed_from_step = progress.step
 
     loss_sum, loops_sum, step_count = torch.zeros((), device=device), 0, 0
     metrics: dict[str, float] = {}
-    for step in range(1, config.train.steps + 1):
+    for step in range(progress.step + 1, config.train.steps + 1):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate_at(step - 1, config)
         pick = torch.randint(len(curriculum.eligible), (worker_batch,), device=device, generator=batch_generator)
@@ -201,6 +235,7 @@ def train_worker(
                 metrics = evaluate(
                     model, eval_sets, config.model.max_loops, config.train.train_loops, config.eval, with_grid=last_step
                 )
+            progress.step = step
             metrics.update(
                 {
                     "step": float(step),
@@ -208,31 +243,45 @@ def train_worker(
                     "loss/train": (loss_sum / step_count).item(),
                     "loops/train": loops_sum / step_count,
                     "curriculum/max_hops": float(curriculum.max_hops),
-                    "time/elapsed_s": time.perf_counter() - started,
+                    "time/elapsed_s": progress.elapsed_s + time.perf_counter() - started,
+                    "resume/from_step": float(resumed_from_step),
                 }
             )
             for split in eval_sets:
-                if split not in phase_steps and metrics[f"acc/{split}"] >= config.eval.phase_level:
-                    phase_steps[split] = step
-                if split in phase_steps:
-                    metrics[f"phase/{split}/step"] = float(phase_steps[split])
+                if split not in progress.phase_steps and metrics[f"acc/{split}"] >= config.eval.phase_level:
+                    progress.phase_steps[split] = step
+                if split in progress.phase_steps:
+                    metrics[f"phase/{split}/step"] = float(progress.phase_steps[split])
             curriculum.update(metrics)
+            progress.curriculum_max_hops = curriculum.max_hops
             loss_sum.zero_()
             loops_sum, step_count = 0, 0
-            if not last_step:
-                reporter(metrics)
+            if last_step:
+                break  # the final report, with the summary, follows the loop
+            checkpoint = None
+            interval = config.train.checkpoint_interval
+            if checkpoint_dir is not None and interval and step % interval == 0:
+                checkpoint = save_training_state(
+                    Path(checkpoint_dir) / f"step_{step:07d}", model, config, optimizer, batch_generator,
+                    sample_loops, replace(progress, elapsed_s=metrics["time/elapsed_s"]),
+                )
+            reporter(metrics, checkpoint)
+            if checkpoint is not None:
+                shutil.rmtree(checkpoint)  # the reporter has persisted it
 
     with autocast:
         summary = final_analysis(model, splits, eval_sets, config, device)
     for split in eval_sets:
-        summary[f"phase/{split}/reached"] = float(split in phase_steps)
+        summary[f"phase/{split}/reached"] = float(split in progress.phase_steps)
         summary.update({f"final/{name}": value for name, value in metrics.items() if name.startswith(f"acc/{split}")})
-    summary["time/train_s"] = time.perf_counter() - started
+    summary["time/train_s"] = progress.elapsed_s + time.perf_counter() - started
     summary["model/n_params"] = float(sum(p.numel() for p in model.parameters()))
     summary["dist/world_size"] = float(world_size)
+    final_checkpoint = None
     if checkpoint_dir is not None and rank == 0:
-        save_checkpoint(model, config, Path(checkpoint_dir))
-    reporter({**metrics, **summary})
+        final_checkpoint = Path(checkpoint_dir)
+        save_checkpoint(model, config, final_checkpoint)
+    reporter({**metrics, **summary}, final_checkpoint)
     return summary
 
 
@@ -242,6 +291,60 @@ def save_checkpoint(model: RecurrentDepthTransformer, config: ExperimentConfig, 
     path = directory / CHECKPOINT_FILE
     torch.save({"config": config.model_dump(), "model": model.state_dict()}, path)
     return path
+
+
+def save_training_state(
+    directory: Path,
+    model: RecurrentDepthTransformer,
+    config: ExperimentConfig,
+    optimizer: torch.optim.Optimizer,
+    batch_generator: torch.Generator,
+    sample_loops: LoopSampler,
+    progress: Progress,
+) -> Path | None:
+    """A resumable checkpoint in ``directory``, written by rank 0 (its path), or None on other ranks.
+
+    Every worker's batch stream is gathered first, so that each resumes its own.
+    """
+    rank, world_size = rank_and_world_size()
+    batch_streams = [batch_generator.get_state()]
+    if world_size > 1:
+        batch_streams = [None] * world_size
+        dist.all_gather_object(batch_streams, batch_generator.get_state())
+    if rank != 0:
+        return None
+    save_checkpoint(model, config, directory)
+    state = {
+        "optimizer": optimizer.state_dict(),
+        "batch_streams": batch_streams,
+        "loop_stream": sample_loops.generator.get_state(),
+        "progress": asdict(progress),
+    }
+    torch.save(state, directory / TRAINING_STATE_FILE)
+    return directory
+
+
+def restore_training_state(
+    directory: Path,
+    model: RecurrentDepthTransformer,
+    optimizer: torch.optim.Optimizer,
+    batch_generator: torch.Generator,
+    sample_loops: LoopSampler,
+) -> Progress:
+    """Load a checkpoint of ``save_training_state`` into the live objects; returns where training stood."""
+    rank, world_size = rank_and_world_size()
+    device = next(model.parameters()).device
+    model.load_state_dict(torch.load(directory / CHECKPOINT_FILE, map_location=device, weights_only=True)["model"])
+    state = torch.load(directory / TRAINING_STATE_FILE, map_location="cpu", weights_only=True)
+    if len(state["batch_streams"]) != world_size:
+        raise ValueError(
+            f"{directory}: saved by {len(state['batch_streams'])} workers, resumed by {world_size}; "
+            "resume with the same workers_per_trial"
+        )
+    optimizer.load_state_dict(state["optimizer"])
+    batch_generator.set_state(state["batch_streams"][rank])
+    sample_loops.generator.set_state(state["loop_stream"])
+    return Progress(**state["progress"])
 
 
 def read_checkpoint_config(source: Path | BinaryIO) -> ExperimentConfig:
@@ -278,7 +381,7 @@ def evaluate_checkpoint(
             "model/n_params": float(sum(p.numel() for p in model.parameters())),
         }
     )
-    reporter(metrics)
+    reporter(metrics, None)
     return metrics
 
 

@@ -1,10 +1,11 @@
 import re
+import shutil
 
 import pytest
 import torch
 
-from rdt_core.config import ExperimentConfig
-from rdt_core.train import reported_metric_names, split_hop_counts, train_worker
+from rdt_core.config import ConfigError, ExperimentConfig
+from rdt_core.train import CHECKPOINT_FILE, reported_metric_names, split_hop_counts, train_worker
 
 TINY = {
     "data": {"n_entities": 24, "n_relations": 4, "inferred_ratio": 1.0, "n_test_queries": 16,
@@ -17,7 +18,7 @@ TINY = {
 
 def run(config: ExperimentConfig) -> list[dict[str, float]]:
     reports: list[dict[str, float]] = []
-    train_worker(config, reports.append)
+    train_worker(config, lambda metrics, checkpoint: reports.append(metrics))
     return reports
 
 
@@ -110,3 +111,56 @@ def test_curriculum_starts_at_two_hops():
         TINY, {"train.curriculum": True, "data.train_max_hops": 3, "train.curriculum_level": 1.0, "train.steps": 20}
     )
     assert run(config)[-1]["curriculum/max_hops"] == 2.0
+
+
+class Interrupted(Exception):
+    """Stands for a worker process killed after it reported a checkpoint."""
+
+
+@pytest.mark.parametrize("overrides", [{}, {"train.loops_sampling": "poisson", "model.max_loops": 6,
+                                            "train.curriculum": True, "data.train_max_hops": 3,
+                                            "train.curriculum_level": 0.01}], ids=["fixed", "sampled-curriculum"])
+def test_a_run_resumed_from_its_checkpoint_ends_as_if_never_stopped(tmp_path, overrides):
+    torch.set_num_threads(1)
+    config = ExperimentConfig.from_dict(TINY, {**overrides, "train.checkpoint_every": 20})
+    uninterrupted = run(config)
+
+    kept = tmp_path / "kept"
+    first_part: list[dict[str, float]] = []
+
+    def report_then_die(metrics: dict[str, float], checkpoint) -> None:
+        first_part.append(metrics)
+        if metrics["step"] == 40:
+            shutil.copytree(checkpoint, kept)  # what Ray persists to the trial's storage
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train_worker(config, report_then_die, tmp_path / "scratch")
+    assert sorted(path.name for path in kept.iterdir()) == [CHECKPOINT_FILE, "training_state.pt"]
+
+    resumed: list[dict[str, float]] = []
+    train_worker(config, lambda metrics, checkpoint: resumed.append(metrics), tmp_path / "again", resume_from=kept)
+    assert [report["step"] for report in resumed] == [60]
+    assert resumed[-1]["resume/from_step"] == 40.0 and uninterrupted[-1]["resume/from_step"] == 0.0
+    assert resumed[-1]["time/elapsed_s"] > first_part[-1]["time/elapsed_s"]  # counts the time before the stop
+    same = lambda report: {k: v for k, v in without_timings(report).items() if k != "resume/from_step"}  # noqa: E731
+    assert same(resumed[-1]) == same(uninterrupted[-1])
+
+
+def test_checkpoints_come_with_every_checkpoint_every_steps_and_the_final_model_last(tmp_path):
+    torch.set_num_threads(1)
+    config = ExperimentConfig.from_dict(TINY, {"train.steps": 80, "train.checkpoint_every": 40})
+    sent: list[tuple[float, list[str] | None]] = []
+
+    def report(metrics: dict[str, float], checkpoint) -> None:
+        sent.append((metrics["step"], sorted(p.name for p in checkpoint.iterdir()) if checkpoint else None))
+
+    train_worker(config, report, tmp_path)
+    resumable = [CHECKPOINT_FILE, "training_state.pt"]
+    assert sent == [(20, None), (40, resumable), (60, None), (80, [CHECKPOINT_FILE])]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT_FILE]  # resumable ones removed once reported
+
+
+def test_checkpoint_every_must_fall_on_evaluations():
+    with pytest.raises(ConfigError, match="checkpoint_every"):
+        ExperimentConfig.from_dict(TINY, {"train.checkpoint_every": 30})

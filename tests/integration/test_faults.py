@@ -1,0 +1,123 @@
+"""A trial's worker process killed mid-training, in a single-worker and in a data-parallel trial: the
+trial resumes from its latest checkpoint into the same MLflow run. Real local Ray, real SQLite MLflow
+store. (A tracking server that goes away mid-sweep: ``test_tracking_server``.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.helpers import RUN_PY, isolated_env, load_smoke_spec, stop_ray_started_in, write_spec
+
+pytestmark = pytest.mark.slow
+
+
+def wait_for_checkpointed_result(experiment_dir: Path, sweep: subprocess.Popen, timeout: float) -> dict:
+    """The first result of the sweep's trial that Tune recorded with a checkpoint: from then on a
+    restart resumes from that checkpoint (one only written to storage, not yet reported, does not count).
+
+    A single-worker trial's results name the checkpoint in ``checkpoint_dir_name``; a data-parallel
+    trial's, forwarded from Ray Train, in ``checkpoint_path``.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert sweep.poll() is None, "the sweep ended before any checkpoint: too short to kill mid-training"
+        for results in experiment_dir.glob("trial-*/result.json"):
+            for line in results.read_text().splitlines():
+                result = json.loads(line)
+                if result.get("checkpoint_dir_name") or result.get("checkpoint_path"):
+                    return result
+        time.sleep(0.5)
+    pytest.fail(f"no checkpointed result under {experiment_dir} within {timeout} s")
+
+
+def test_a_killed_trial_worker_resumes_from_its_checkpoint_into_one_finished_run(tmp_path):
+    spec = load_smoke_spec()
+    spec.update(name="killed", num_samples=1, max_concurrent_trials=1, max_failures=2,
+                search_space={"train.train_loops": {"type": "choice", "values": [2]}})
+    spec["base"]["train"].update({"steps": 400, "eval_every": 100})
+    path = write_spec(tmp_path / "killed.yaml", spec)
+    env = isolated_env(tmp_path)
+    sweep = subprocess.Popen([sys.executable, str(RUN_PY), str(path)], cwd=tmp_path, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        checkpointed = wait_for_checkpointed_result(tmp_path / "ray_results" / "killed", sweep, timeout=300)
+        killed_at_step = checkpointed["step"]
+        os.kill(checkpointed["pid"], signal.SIGKILL)  # the Tune actor that runs train_worker
+        output, _ = sweep.communicate(timeout=600)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+        stop_ray_started_in(env["RAY_TMPDIR"])
+    assert sweep.returncode == 0, output[-4000:]
+    assert killed_at_step < 400, "the trial had finished before the kill: the test proves nothing"
+
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("killed").experiment_id])
+    children = [run for run in runs if "mlflow.parentRunId" in run.data.tags]
+    assert len(children) == 1, "a restarted trial must keep its one MLflow run"
+    child = children[0]
+    assert child.info.status == "FINISHED"
+    assert child.data.tags["ray.restarts"] == "1"
+    resumed_from = [metric.value for metric in client.get_metric_history(child.info.run_id, "resume/from_step")]
+    assert resumed_from[0] == 0 and resumed_from[-1] >= 100, "the restarted worker began again at step 0"
+    # Every evaluation logged once: nothing trained twice, nothing missing.
+    steps = [metric.step for metric in client.get_metric_history(child.info.run_id, "loss/train")]
+    assert steps == list(range(100, 401, 100))
+    assert [a.path for a in client.list_artifacts(child.info.run_id, "checkpoint")] == ["checkpoint/model.pt"]
+
+
+def train_worker_pids(ray_temp_dir: str) -> list[int]:
+    """Ray Train's worker processes of the Ray whose temp dir is ``ray_temp_dir`` (their titles name the
+    actor class; they descend from that Ray's raylet, whose command line names the temp dir)."""
+    found = set()
+    for process in psutil.process_iter(["cmdline"]):
+        if any(ray_temp_dir in part for part in process.info["cmdline"] or []):
+            for child in process.children(recursive=True):
+                try:
+                    if "RayTrainWorker" in " ".join(child.cmdline()):
+                        found.add(child.pid)
+                except psutil.NoSuchProcess:
+                    pass
+    return sorted(found)
+
+
+def test_a_killed_data_parallel_worker_resumes_the_group_from_its_checkpoint(tmp_path):
+    spec = load_smoke_spec()
+    spec.update(name="killed-ddp", num_samples=1, max_concurrent_trials=1,
+                resources={"workers_per_trial": 2, "cpus_per_worker": 0.5},
+                search_space={"train.train_loops": {"type": "choice", "values": [2]}})
+    spec["base"]["train"].update({"steps": 400, "eval_every": 100})
+    path = write_spec(tmp_path / "killed-ddp.yaml", spec)
+    env = isolated_env(tmp_path)
+    sweep = subprocess.Popen([sys.executable, str(RUN_PY), str(path)], cwd=tmp_path, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for_checkpointed_result(tmp_path / "ray_results" / "killed-ddp", sweep, timeout=300)
+        workers = train_worker_pids(env["RAY_TMPDIR"])
+        assert len(workers) == 2, f"expected 2 Ray Train workers, found {workers}"
+        os.kill(workers[-1], signal.SIGKILL)
+        output, _ = sweep.communicate(timeout=600)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+        stop_ray_started_in(env["RAY_TMPDIR"])
+    assert sweep.returncode == 0, output[-4000:]
+
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("killed-ddp").experiment_id])
+    (child,) = [run for run in runs if "mlflow.parentRunId" in run.data.tags]
+    assert child.info.status == "FINISHED" and child.data.metrics["dist/world_size"] == 2
+    resumed_from = [metric.value for metric in client.get_metric_history(child.info.run_id, "resume/from_step")]
+    assert resumed_from[-1] >= 100, "the restarted workers began again at step 0"
+    steps = [metric.step for metric in client.get_metric_history(child.info.run_id, "loss/train")]
+    assert steps == list(range(100, 401, 100))

@@ -1,0 +1,96 @@
+"""The outbox's order, keeping and sending, on a real SQLite MLflow store whose client is made to fail
+while the test says the store is down (pure logic: which writes go, in which order, what stays)."""
+
+import pickle
+
+import pytest
+from mlflow.exceptions import MlflowException
+
+from rdt_core.sweep.outbox import PARENT, Outbox, read_outbox, send_outbox, trial_key
+from rdt_core.sweep.tracking import SweepTracker
+
+
+class SwitchableClient:
+    """The real client, except that every call fails while ``down`` (as a gone server's would)."""
+
+    def __init__(self, client):
+        self.client, self.down = client, False
+
+    def __getattr__(self, name):
+        method = getattr(self.client, name)
+
+        def call(*args, **kwargs):
+            if self.down:
+                raise MlflowException("API request failed with exception ConnectionRefusedError")
+            return method(*args, **kwargs)
+
+        return call
+
+
+@pytest.fixture
+def tracker(tmp_path):
+    tracker = SweepTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "sweep")
+    tracker.start_parent("sweep", params={}, tags={})
+    tracker._client = SwitchableClient(tracker.client)
+    return tracker
+
+
+def children(tracker):
+    runs = tracker.client.client.search_runs([tracker.experiment_id], filter_string="tags.`ray.trial_id` != ''")
+    return {run.data.tags["ray.trial_id"]: run for run in runs}
+
+
+def test_writes_go_straight_to_a_store_that_answers_and_nothing_is_kept(tracker, tmp_path):
+    outbox = Outbox(tracker, "sweep", tmp_path / "outbox.jsonl")
+    outbox.start_trial_run("t1", params={"train.lr": 0.01}, tags={})
+    outbox.log_metrics(trial_key("t1"), {"acc/id": 0.5}, step=10)
+    outbox.finish(trial_key("t1"), succeeded=True)
+    run = children(tracker)["t1"]
+    assert run.info.run_name == "sweep-000" and run.info.status == "FINISHED"
+    assert run.data.params == {"train.lr": "0.01"} and run.data.metrics == {"acc/id": 0.5}
+    assert not (tmp_path / "outbox.jsonl").exists() and outbox.pending == []
+
+
+def test_writes_made_while_the_store_is_down_are_kept_then_sent_in_order(tracker, tmp_path):
+    path = tmp_path / "outbox.jsonl"
+    outbox = Outbox(tracker, "sweep", path)
+    outbox.start_trial_run("t1", params={}, tags={})
+    tracker.client.down = True
+    outbox.log_metrics(trial_key("t1"), {"acc/id": 0.25}, step=1)
+    outbox.start_trial_run("t2", params={"train.lr": 0.02}, tags={})  # a trial that starts while down
+    outbox.log_metrics(trial_key("t2"), {"acc/id": 0.75}, step=1)
+    outbox.finish(trial_key("t1"), succeeded=True)
+    header, kept = read_outbox(path)
+    assert header["parent_run_id"] == tracker.parent_run_id
+    assert [(write["op"], write["run"]) for write in kept] == [
+        ("metrics", "trial:t1"), ("start_trial", "trial:t2"), ("metrics", "trial:t2"), ("finish", "trial:t1")]
+    assert set(children(tracker)) == {"t1"}
+
+    tracker.client.down = False
+    outbox.log_metrics(PARENT, {"best/acc/id": 0.75}, step=0)  # the next write sends everything first
+    runs = children(tracker)
+    assert runs["t1"].info.status == "FINISHED" and runs["t1"].data.metrics == {"acc/id": 0.25}
+    assert runs["t2"].info.run_name == "sweep-001" and runs["t2"].data.params == {"train.lr": "0.02"}
+    assert runs["t2"].info.status == "RUNNING"
+    assert not path.exists() and outbox.pending == []
+
+
+def test_a_refused_write_is_dropped_and_does_not_block_the_rest(tracker, tmp_path):
+    outbox = Outbox(tracker, "sweep", tmp_path / "outbox.jsonl")
+    outbox.log_metrics(trial_key("never-started"), {"acc/id": 0.1}, step=1)  # no run: refused for good
+    outbox.start_trial_run("t1", params={}, tags={})
+    assert set(children(tracker)) == {"t1"} and outbox.pending == []
+
+
+def test_what_is_kept_survives_the_driver_and_is_sent_by_a_new_one(tracker, tmp_path):
+    path = tmp_path / "outbox.jsonl"
+    outbox = Outbox(tracker, "sweep", path)
+    tracker.client.down = True
+    outbox.start_trial_run("t1", params={}, tags={})
+    outbox.finish(trial_key("t1"), succeeded=True)
+    restored = pickle.loads(pickle.dumps(outbox))  # as Ray Tune keeps callbacks for --resume
+    assert [write["op"] for write in restored.pending] == ["start_trial", "finish"]
+
+    assert send_outbox(path) == 0  # a new process: the real client, the store answering
+    assert children(tracker)["t1"].info.status == "FINISHED"
+    assert not path.exists()
