@@ -11,9 +11,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import psutil
 import pytest
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from tests.helpers import RUN_PY, isolated_env, load_smoke_spec, stop_ray_started_in, write_spec
@@ -40,40 +42,53 @@ def wait_for_checkpointed_result(experiment_dir: Path, sweep: subprocess.Popen, 
     pytest.fail(f"no checkpointed result under {experiment_dir} within {timeout} s")
 
 
-def test_a_killed_trial_worker_resumes_from_its_checkpoint_into_one_finished_run(tmp_path):
+def sweep_with_a_kill(tmp_path: Path, name: str, kill: Callable[[dict, str], None], **spec_changes) -> dict:
+    """Run a one-trial sweep of 400 steps, call ``kill(first checkpointed result, Ray temp dir)`` once
+    the trial has a checkpoint, and return the sweep's environment once it has ended with status 0."""
     spec = load_smoke_spec()
-    spec.update(name="killed", num_samples=1, max_concurrent_trials=1, max_failures=2,
-                search_space={"train.train_loops": {"type": "choice", "values": [2]}})
+    spec.update(name=name, num_samples=1, max_concurrent_trials=1,
+                search_space={"train.train_loops": {"type": "choice", "values": [2]}}, **spec_changes)
     spec["base"]["train"].update({"steps": 400, "eval_every": 100})
-    path = write_spec(tmp_path / "killed.yaml", spec)
+    path = write_spec(tmp_path / f"{name}.yaml", spec)
     env = isolated_env(tmp_path)
     sweep = subprocess.Popen([sys.executable, str(RUN_PY), str(path)], cwd=tmp_path, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        checkpointed = wait_for_checkpointed_result(tmp_path / "ray_results" / "killed", sweep, timeout=300)
-        killed_at_step = checkpointed["step"]
-        os.kill(checkpointed["pid"], signal.SIGKILL)  # the Tune actor that runs train_worker
+        checkpointed = wait_for_checkpointed_result(tmp_path / "ray_results" / name, sweep, timeout=300)
+        assert checkpointed["step"] < 400, "the trial had finished before the kill: the test proves nothing"
+        kill(checkpointed, env["RAY_TMPDIR"])
         output, _ = sweep.communicate(timeout=600)
     finally:
         if sweep.poll() is None:
             sweep.kill()
         stop_ray_started_in(env["RAY_TMPDIR"])
     assert sweep.returncode == 0, output[-4000:]
-    assert killed_at_step < 400, "the trial had finished before the kill: the test proves nothing"
+    return env
 
+
+def assert_one_run_resumed_without_gaps(env: dict, name: str) -> Run:
+    """The trial's one MLflow run: finished, resumed after step 0, every evaluation logged exactly once."""
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
-    runs = client.search_runs([client.get_experiment_by_name("killed").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
     children = [run for run in runs if "mlflow.parentRunId" in run.data.tags]
     assert len(children) == 1, "a restarted trial must keep its one MLflow run"
     child = children[0]
     assert child.info.status == "FINISHED"
-    assert child.data.tags["ray.restarts"] == "1"
     resumed_from = [metric.value for metric in client.get_metric_history(child.info.run_id, "resume/from_step")]
     assert resumed_from[0] == 0 and resumed_from[-1] >= 100, "the restarted worker began again at step 0"
-    # Every evaluation logged once: nothing trained twice, nothing missing.
     steps = [metric.step for metric in client.get_metric_history(child.info.run_id, "loss/train")]
-    assert steps == list(range(100, 401, 100))
+    assert steps == list(range(100, 401, 100)), "an evaluation trained twice, or missing"
     assert [a.path for a in client.list_artifacts(child.info.run_id, "checkpoint")] == ["checkpoint/model.pt"]
+    return child
+
+
+def test_a_killed_trial_worker_resumes_from_its_checkpoint_into_one_finished_run(tmp_path):
+    def kill_the_trial_actor(checkpointed: dict, ray_temp_dir: str) -> None:
+        os.kill(checkpointed["pid"], signal.SIGKILL)  # the Tune actor that runs train_worker
+
+    env = sweep_with_a_kill(tmp_path, "killed", kill_the_trial_actor, max_failures=2)
+    child = assert_one_run_resumed_without_gaps(env, "killed")
+    assert child.data.tags["ray.restarts"] == "1"
 
 
 def train_worker_pids(ray_temp_dir: str) -> list[int]:
@@ -92,32 +107,12 @@ def train_worker_pids(ray_temp_dir: str) -> list[int]:
 
 
 def test_a_killed_data_parallel_worker_resumes_the_group_from_its_checkpoint(tmp_path):
-    spec = load_smoke_spec()
-    spec.update(name="killed-ddp", num_samples=1, max_concurrent_trials=1,
-                resources={"workers_per_trial": 2, "cpus_per_worker": 0.5},
-                search_space={"train.train_loops": {"type": "choice", "values": [2]}})
-    spec["base"]["train"].update({"steps": 400, "eval_every": 100})
-    path = write_spec(tmp_path / "killed-ddp.yaml", spec)
-    env = isolated_env(tmp_path)
-    sweep = subprocess.Popen([sys.executable, str(RUN_PY), str(path)], cwd=tmp_path, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        wait_for_checkpointed_result(tmp_path / "ray_results" / "killed-ddp", sweep, timeout=300)
-        workers = train_worker_pids(env["RAY_TMPDIR"])
+    def kill_one_train_worker(checkpointed: dict, ray_temp_dir: str) -> None:
+        workers = train_worker_pids(ray_temp_dir)
         assert len(workers) == 2, f"expected 2 Ray Train workers, found {workers}"
         os.kill(workers[-1], signal.SIGKILL)
-        output, _ = sweep.communicate(timeout=600)
-    finally:
-        if sweep.poll() is None:
-            sweep.kill()
-        stop_ray_started_in(env["RAY_TMPDIR"])
-    assert sweep.returncode == 0, output[-4000:]
 
-    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
-    runs = client.search_runs([client.get_experiment_by_name("killed-ddp").experiment_id])
-    (child,) = [run for run in runs if "mlflow.parentRunId" in run.data.tags]
-    assert child.info.status == "FINISHED" and child.data.metrics["dist/world_size"] == 2
-    resumed_from = [metric.value for metric in client.get_metric_history(child.info.run_id, "resume/from_step")]
-    assert resumed_from[-1] >= 100, "the restarted workers began again at step 0"
-    steps = [metric.step for metric in client.get_metric_history(child.info.run_id, "loss/train")]
-    assert steps == list(range(100, 401, 100))
+    env = sweep_with_a_kill(tmp_path, "killed-ddp", kill_one_train_worker,
+                            resources={"workers_per_trial": 2, "cpus_per_worker": 0.5})
+    child = assert_one_run_resumed_without_gaps(env, "killed-ddp")
+    assert child.data.metrics["dist/world_size"] == 2
