@@ -20,11 +20,13 @@ $(VENV)/.installed: pyproject.toml
 demo: venv  ## the smoke sweep on an embedded local Ray, logging to sqlite:///mlflow.db
 	$(BIN)/python sweeps/run.py sweeps/smoke.yaml
 
+# Two test processes (pytest-xdist): most of a sweep test is waiting on process start-up, so two at once
+# fit 2 cores. Each test starts its own Ray in its own temp dir, so they do not meet. More would not fit.
 test: venv  ## the whole suite: unit, integration (real Ray + MLflow), end to end (ray job submit)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2
 
-test-fast: venv  ## unit tests only (seconds)
-	$(BIN)/python -m pytest -m "not slow"
+test-fast: venv  ## unit tests only (about a minute)
+	$(BIN)/python -m pytest -m "not slow" -n 2
 
 clean:
 	rm -rf $(VENV) mlflow.db mlruns ray_results .pytest_cache

@@ -26,9 +26,13 @@ def short_temp_dir() -> str:
     return tempfile.mkdtemp(prefix="rdt-ray-", dir="/tmp")
 
 
+# Settings of a user's shell that would send a test's sweep to their cluster, server or bucket.
+OUTSIDE_SETTINGS = frozenset({"RAY_ADDRESS", "MLFLOW_TRACKING_URI", "RDT_STORAGE_PATH"})
+
+
 def isolated_env(workdir: Path) -> dict[str, str]:
     """Environment for a sweep subprocess: its own Ray temp dir and MLflow store, no outside cluster."""
-    env = {key: value for key, value in os.environ.items() if key not in {"RAY_ADDRESS", "MLFLOW_TRACKING_URI"}}
+    env = {key: value for key, value in os.environ.items() if key not in OUTSIDE_SETTINGS}
     env["RAY_TMPDIR"] = short_temp_dir()
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir / 'mlflow.db'}"
     env["PYTHONUNBUFFERED"] = "1"
@@ -54,6 +58,21 @@ def run_sweep_cli(spec_path: Path, workdir: Path, timeout: float, env: dict[str,
         text=True,
         timeout=timeout,
     )
+
+
+def start_sweep_cli(spec_path: Path, workdir: Path, env: dict[str, str]) -> subprocess.Popen:
+    """``python sweeps/run.py SPEC`` in the background, for a test that acts while it runs. Its output
+    goes to ``workdir/sweep.out`` and ``sweep.err`` (``sweep_output``), not to pipes: a sweep that writes
+    more than a pipe holds (64 KiB; Ray Train's logs of one data-parallel trial do) would block on them,
+    and with it the whole sweep, while the test is busy waiting on something else."""
+    with open(workdir / "sweep.out", "w") as stdout, open(workdir / "sweep.err", "w") as stderr:
+        return subprocess.Popen([sys.executable, str(RUN_PY), str(spec_path)], cwd=workdir, env=env,
+                                stdout=stdout, stderr=stderr)
+
+
+def sweep_output(workdir: Path) -> tuple[str, str]:
+    """The stdout and stderr of the sweep that ``start_sweep_cli`` started in ``workdir``."""
+    return (workdir / "sweep.out").read_text(), (workdir / "sweep.err").read_text()
 
 
 def stop_ray_started_in(temp_dir: str) -> None:

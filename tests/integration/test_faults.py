@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -18,7 +17,14 @@ import pytest
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import RUN_PY, isolated_env, load_smoke_spec, stop_ray_started_in, write_spec
+from tests.helpers import (
+    isolated_env,
+    load_smoke_spec,
+    start_sweep_cli,
+    stop_ray_started_in,
+    sweep_output,
+    write_spec,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -51,18 +57,18 @@ def sweep_with_a_kill(tmp_path: Path, name: str, kill: Callable[[dict, str], Non
     spec["base"]["train"].update({"steps": 400, "eval_every": 100})
     path = write_spec(tmp_path / f"{name}.yaml", spec)
     env = isolated_env(tmp_path)
-    sweep = subprocess.Popen([sys.executable, str(RUN_PY), str(path)], cwd=tmp_path, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    sweep = start_sweep_cli(path, tmp_path, env)
     try:
         checkpointed = wait_for_checkpointed_result(tmp_path / "ray_results" / name, sweep, timeout=300)
         assert checkpointed["step"] < 400, "the trial had finished before the kill: the test proves nothing"
         kill(checkpointed, env["RAY_TMPDIR"])
-        output, _ = sweep.communicate(timeout=600)
+        sweep.wait(timeout=600)
     finally:
         if sweep.poll() is None:
             sweep.kill()
         stop_ray_started_in(env["RAY_TMPDIR"])
-    assert sweep.returncode == 0, output[-4000:]
+    stdout, stderr = sweep_output(tmp_path)
+    assert sweep.returncode == 0, stdout[-3000:] + stderr[-3000:]
     return env
 
 

@@ -5,8 +5,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import ray
 import yaml
 
+from rdt_core.sweep import cli
 from rdt_core.sweep.spec import SpecError, load_spec
 from tests.helpers import REPO_ROOT, RUN_PY, isolated_env, load_smoke_spec, write_spec
 
@@ -134,18 +136,19 @@ def test_cli_exits_2_with_one_line_and_creates_nothing(case, tmp_path):
 
 
 @pytest.mark.parametrize("name", sorted(path.name for path in (REPO_ROOT / "sweeps").glob("*.yaml")))
-def test_every_spec_passes_dry_run_without_starting_anything(name, tmp_path):
+def test_every_spec_passes_dry_run_without_starting_anything(name, tmp_path, monkeypatch, capsys):
+    """In process (the command's own ``main``), so that Ray and MLflow are imported once for all specs."""
     env = isolated_env(tmp_path)
-    completed = subprocess.run(
-        [sys.executable, str(RUN_PY), str(REPO_ROOT / "sweeps" / name), "--dry-run"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
-    )
-    assert completed.returncode == 0, completed.stderr
-    plan = yaml.safe_load(completed.stdout)
+    for key in ("RAY_TMPDIR", "MLFLOW_TRACKING_URI"):
+        monkeypatch.setenv(key, env[key])
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main([str(REPO_ROOT / "sweeps" / name), "--dry-run"]) == 0
+    plan = yaml.safe_load(capsys.readouterr().out)
     assert plan["trials"] >= 1 and plan["objectives"] and plan["tracking_uri"] == env["MLFLOW_TRACKING_URI"]
     assert plan["optuna_storage"] == f"sqlite:///{tmp_path / 'optuna.db'}"
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray_results").exists()
-    assert not any(Path(env["RAY_TMPDIR"]).iterdir())  # Ray was never started
+    assert not ray.is_initialized() and not any(Path(env["RAY_TMPDIR"]).iterdir())  # Ray was never started
 
 
 def test_set_overrides_spec_keys_and_search_bounds(tmp_path):
