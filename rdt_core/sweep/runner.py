@@ -267,12 +267,17 @@ class SweepPlan:
         }
 
 
+STORAGE_PATH_ENV = "RDT_STORAGE_PATH"
+
+
 def resolve_storage_path(storage_path: str | None) -> str:
-    """Where Ray Tune keeps results: a URI (``s3://...``, shared by every node) as it is, a local path
-    made absolute (default ``./ray_results``)."""
-    if storage_path and "://" in storage_path:
-        return storage_path
-    return str(Path(storage_path or "ray_results").resolve())
+    """Where Ray Tune keeps results and checkpoints: the spec's ``storage_path``, else ``RDT_STORAGE_PATH``
+    (a cluster's shared default, set where Ray starts, so that a plain ``ray job submit`` finds it), else
+    ``./ray_results``. A URI (``s3://...``, shared by every node) stays as it is; a path is made absolute."""
+    chosen = storage_path or os.environ.get(STORAGE_PATH_ENV) or "ray_results"
+    if "://" in chosen:
+        return chosen
+    return str(Path(chosen).resolve())
 
 
 def default_optuna_storage(tracking_uri: str) -> str:

@@ -143,7 +143,9 @@ class SweepSpec(StrictModel):
         3, ge=-1, description="restarts of a trial whose process dies, each from its latest checkpoint; -1 no limit"
     )
     tracking_uri: str | None = Field(None, description="MLflow store, unless MLFLOW_TRACKING_URI is set")
-    storage_path: str | None = Field(None, description="Ray Tune results; default ./ray_results")
+    storage_path: str | None = Field(
+        None, description="Ray Tune results and checkpoints; default $RDT_STORAGE_PATH, else ./ray_results"
+    )
     optuna_storage: str | None = Field(
         None, description="SQLAlchemy URL of the Optuna study; default optuna.db beside a SQLite MLflow store"
     )

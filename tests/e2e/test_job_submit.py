@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import REPO_ROOT, free_port, short_temp_dir, stop_ray_started_in
+from tests.helpers import OUTSIDE_SETTINGS, REPO_ROOT, free_port, short_temp_dir, stop_ray_started_in
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +32,7 @@ def repo_copy(tmp_path: Path) -> Path:
 def test_ray_job_submit_runs_the_smoke_sweep_into_mlflow(repo_copy):
     temp_dir = short_temp_dir()
     dashboard_port = free_port()
-    env = {key: value for key, value in os.environ.items() if key not in {"RAY_ADDRESS", "MLFLOW_TRACKING_URI"}}
+    env = {key: value for key, value in os.environ.items() if key not in OUTSIDE_SETTINGS}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # the job's `python`
     env["RAY_AUTH_MODE"] = "token"  # Ray 2.60's local clusters require a token from job clients
     ray = str(Path(sys.executable).parent / "ray")

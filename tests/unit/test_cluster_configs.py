@@ -184,8 +184,9 @@ def check_cluster_spec(spec: dict) -> None:
     (head_container,) = head["template"]["spec"]["containers"]
     head_command = " ".join(head_container["args"])
     assert re.search(rf"cd {re.escape(PROJECT_PATH)} &&.*\$KUBERAY_GEN_RAY_START_CMD", head_command), head_command
-    (tracking,) = [env for env in head_container["env"] if env["name"] == "MLFLOW_TRACKING_URI"]
-    assert "value" not in tracking and set(tracking["valueFrom"]) <= {"secretKeyRef", "configMapKeyRef"}
+    for name in ("MLFLOW_TRACKING_URI", "RDT_STORAGE_PATH"):  # what a plain `ray job submit` relies on
+        (variable,) = [env for env in head_container["env"] if env["name"] == name]
+        assert "value" not in variable and set(variable["valueFrom"]) <= {"secretKeyRef", "configMapKeyRef"}
 
     groups = spec["workerGroupSpecs"]
     assert groups

@@ -40,7 +40,19 @@ def test_schedulers_count_evaluations():
 
 def test_storage_uris_stay_as_they_are_and_local_paths_become_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RDT_STORAGE_PATH", raising=False)
     assert resolve_storage_path("s3://bucket/sweeps") == "s3://bucket/sweeps"
     assert resolve_storage_path(None) == str(tmp_path / "ray_results")
+    assert resolve_storage_path("runs") == str(tmp_path / "runs")
     assert default_optuna_storage(f"sqlite:///{tmp_path}/x/mlflow.db") == f"sqlite:///{tmp_path}/x/optuna.db"
     assert default_optuna_storage("http://127.0.0.1:5000") == f"sqlite:///{tmp_path}/optuna.db"
+
+
+def test_a_clusters_storage_default_applies_unless_the_spec_names_one(tmp_path, monkeypatch):
+    """RDT_STORAGE_PATH, set where a cluster's Ray starts, lets a plain ``ray job submit`` use S3."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RDT_STORAGE_PATH", "s3://cluster-bucket/rdt")
+    assert resolve_storage_path(None) == "s3://cluster-bucket/rdt"
+    assert resolve_storage_path("s3://other/x") == "s3://other/x"  # the spec (or --set) wins
+    monkeypatch.setenv("RDT_STORAGE_PATH", "shared")
+    assert resolve_storage_path(None) == str(tmp_path / "shared")
