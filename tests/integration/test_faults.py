@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import Callable
@@ -29,38 +28,59 @@ from tests.helpers import (
 pytestmark = pytest.mark.slow
 
 
-def wait_for_checkpointed_result(experiment_dir: Path, sweep: subprocess.Popen, timeout: float) -> dict:
-    """The first result of the sweep's trial that Tune recorded with a checkpoint: from then on a
-    restart resumes from that checkpoint (one only written to storage, not yet reported, does not count).
-
-    A single-worker trial's results name the checkpoint in ``checkpoint_dir_name``; a data-parallel
-    trial's, forwarded from Ray Train, in ``checkpoint_path``.
-    """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert sweep.poll() is None, "the sweep ended before any checkpoint: too short to kill mid-training"
-        for results in experiment_dir.glob("trial-*/result.json"):
-            for line in results.read_text().splitlines():
-                result = json.loads(line)
-                if result.get("checkpoint_dir_name") or result.get("checkpoint_path"):
-                    return result
-        time.sleep(0.5)
-    pytest.fail(f"no checkpointed result under {experiment_dir} within {timeout} s")
+STEPS, EVAL_EVERY = 800, 100  # a checkpoint at every evaluation; the kill comes after the first
 
 
-def sweep_with_a_kill(tmp_path: Path, name: str, kill: Callable[[dict, str], None], **spec_changes) -> dict:
-    """Run a one-trial sweep of 400 steps, call ``kill(first checkpointed result, Ray temp dir)`` once
-    the trial has a checkpoint, and return the sweep's environment once it has ended with status 0."""
+def checkpointed_tune_result(storage: Path) -> dict | None:
+    """The first result that Tune recorded with a checkpoint (a single-worker trial's results name it in
+    ``checkpoint_dir_name``): from then on a restarted trial resumes from it. A checkpoint only written
+    to storage, not yet reported, does not count."""
+    for results in storage.glob("*/trial-*/result.json"):  # <storage>/<sweep name>/trial-<id>/
+        for line in results.read_text().splitlines():
+            result = json.loads(line)
+            if result.get("checkpoint_dir_name"):
+                return result
+    return None
+
+
+def checkpoint_registered_by_ray_train(storage: Path) -> dict | None:
+    """The metrics of the latest checkpoint that Ray Train's controller has registered (its snapshot
+    file): a worker group restarted by Ray Train resumes from it. Tune hears of it only later, by which
+    time a short data-parallel trial may have ended."""
+    for snapshot in storage.glob("train-*/checkpoint_manager_snapshot.json"):
+        try:
+            latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result")
+        except ValueError:  # being written
+            continue
+        if latest:
+            return latest["metrics"]
+    return None
+
+
+def sweep_with_a_kill(
+    tmp_path: Path,
+    name: str,
+    find_checkpoint: Callable[[Path], dict | None],
+    kill: Callable[[dict, str], None],
+    **spec_changes,
+) -> dict:
+    """Run a one-trial sweep, call ``kill(checkpointed metrics, Ray temp dir)`` as soon as
+    ``find_checkpoint(storage)`` finds a checkpoint, and return the sweep's environment once it has ended
+    with status 0."""
     spec = load_smoke_spec()
     spec.update(name=name, num_samples=1, max_concurrent_trials=1,
                 search_space={"train.train_loops": {"type": "choice", "values": [2]}}, **spec_changes)
-    spec["base"]["train"].update({"steps": 400, "eval_every": 100})
+    spec["base"]["train"].update({"steps": STEPS, "eval_every": EVAL_EVERY})
     path = write_spec(tmp_path / f"{name}.yaml", spec)
     env = isolated_env(tmp_path)
     sweep = start_sweep_cli(path, tmp_path, env)
     try:
-        checkpointed = wait_for_checkpointed_result(tmp_path / "ray_results" / name, sweep, timeout=300)
-        assert checkpointed["step"] < 400, "the trial had finished before the kill: the test proves nothing"
+        deadline = time.monotonic() + 300
+        while (checkpointed := find_checkpoint(tmp_path / "ray_results")) is None:
+            assert sweep.poll() is None, "the sweep ended before any checkpoint: too short to kill mid-training"
+            assert time.monotonic() < deadline, "no checkpoint within 300 s"
+            time.sleep(0.2)
+        assert checkpointed["step"] < STEPS, "the trial had finished before the kill: the test proves nothing"
         kill(checkpointed, env["RAY_TMPDIR"])
         sweep.wait(timeout=600)
     finally:
@@ -81,9 +101,9 @@ def assert_one_run_resumed_without_gaps(env: dict, name: str) -> Run:
     child = children[0]
     assert child.info.status == "FINISHED"
     resumed_from = [metric.value for metric in client.get_metric_history(child.info.run_id, "resume/from_step")]
-    assert resumed_from[0] == 0 and resumed_from[-1] >= 100, "the restarted worker began again at step 0"
+    assert resumed_from[0] == 0 and resumed_from[-1] >= EVAL_EVERY, "the restarted worker began again at step 0"
     steps = [metric.step for metric in client.get_metric_history(child.info.run_id, "loss/train")]
-    assert steps == list(range(100, 401, 100)), "an evaluation trained twice, or missing"
+    assert steps == list(range(EVAL_EVERY, STEPS + 1, EVAL_EVERY)), "an evaluation trained twice, or missing"
     assert [a.path for a in client.list_artifacts(child.info.run_id, "checkpoint")] == ["checkpoint/model.pt"]
     return child
 
@@ -92,7 +112,7 @@ def test_a_killed_trial_worker_resumes_from_its_checkpoint_into_one_finished_run
     def kill_the_trial_actor(checkpointed: dict, ray_temp_dir: str) -> None:
         os.kill(checkpointed["pid"], signal.SIGKILL)  # the Tune actor that runs train_worker
 
-    env = sweep_with_a_kill(tmp_path, "killed", kill_the_trial_actor, max_failures=2)
+    env = sweep_with_a_kill(tmp_path, "killed", checkpointed_tune_result, kill_the_trial_actor, max_failures=2)
     child = assert_one_run_resumed_without_gaps(env, "killed")
     assert child.data.tags["ray.restarts"] == "1"
 
@@ -118,7 +138,7 @@ def test_a_killed_data_parallel_worker_resumes_the_group_from_its_checkpoint(tmp
         assert len(workers) == 2, f"expected 2 Ray Train workers, found {workers}"
         os.kill(workers[-1], signal.SIGKILL)
 
-    env = sweep_with_a_kill(tmp_path, "killed-ddp", kill_one_train_worker,
+    env = sweep_with_a_kill(tmp_path, "killed-ddp", checkpoint_registered_by_ray_train, kill_one_train_worker,
                             resources={"workers_per_trial": 2, "cpus_per_worker": 0.5})
     child = assert_one_run_resumed_without_gaps(env, "killed-ddp")
     assert child.data.metrics["dist/world_size"] == 2
