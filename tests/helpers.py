@@ -11,6 +11,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any, Callable
 
 import psutil
 import pytest
@@ -73,6 +74,28 @@ def start_sweep_cli(spec_path: Path, workdir: Path, env: dict[str, str]) -> subp
 def sweep_output(workdir: Path) -> tuple[str, str]:
     """The stdout and stderr of the sweep that ``start_sweep_cli`` started in ``workdir``."""
     return (workdir / "sweep.out").read_text(), (workdir / "sweep.err").read_text()
+
+
+def sweep_with_an_event(
+    spec_path: Path, workdir: Path, env: dict[str, str], moment: Callable[[], Any], event: Callable[[Any], None]
+) -> tuple[int, str, str]:
+    """Start a sweep, wait (300 s at most) for ``moment()`` to return something true while the sweep
+    runs, call ``event(what it returned)`` (a kill, a crash), and wait for the sweep to end. Its Ray is
+    stopped whatever happens. Returns the sweep's exit status, stdout and stderr."""
+    sweep = start_sweep_cli(spec_path, workdir, env)
+    try:
+        deadline = time.monotonic() + 300
+        while not (found := moment()):
+            assert sweep.poll() is None, "the sweep ended before the moment of the event came"
+            assert time.monotonic() < deadline, "the moment of the event did not come within 300 s"
+            time.sleep(0.2)
+        event(found)
+        sweep.wait(timeout=600)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+        stop_ray_started_in(env["RAY_TMPDIR"])
+    return sweep.returncode, *sweep_output(workdir)
 
 
 def stop_ray_started_in(temp_dir: str) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -16,14 +15,7 @@ import pytest
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import (
-    isolated_env,
-    load_smoke_spec,
-    start_sweep_cli,
-    stop_ray_started_in,
-    sweep_output,
-    write_spec,
-)
+from tests.helpers import isolated_env, load_smoke_spec, sweep_with_an_event, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -66,29 +58,22 @@ def sweep_with_a_kill(
 ) -> dict:
     """Run a one-trial sweep, call ``kill(checkpointed metrics, Ray temp dir)`` as soon as
     ``find_checkpoint(storage)`` finds a checkpoint, and return the sweep's environment once it has ended
-    with status 0."""
+    with status 0 (the trial resumed and finished)."""
     spec = load_smoke_spec()
     spec.update(name=name, num_samples=1, max_concurrent_trials=1,
                 search_space={"train.train_loops": {"type": "choice", "values": [2]}}, **spec_changes)
     spec["base"]["train"].update({"steps": STEPS, "eval_every": EVAL_EVERY})
     path = write_spec(tmp_path / f"{name}.yaml", spec)
     env = isolated_env(tmp_path)
-    sweep = start_sweep_cli(path, tmp_path, env)
-    try:
-        deadline = time.monotonic() + 300
-        while (checkpointed := find_checkpoint(tmp_path / "ray_results")) is None:
-            assert sweep.poll() is None, "the sweep ended before any checkpoint: too short to kill mid-training"
-            assert time.monotonic() < deadline, "no checkpoint within 300 s"
-            time.sleep(0.2)
+
+    def kill_after_the_checkpoint(checkpointed: dict) -> None:
         assert checkpointed["step"] < STEPS, "the trial had finished before the kill: the test proves nothing"
         kill(checkpointed, env["RAY_TMPDIR"])
-        sweep.wait(timeout=600)
-    finally:
-        if sweep.poll() is None:
-            sweep.kill()
-        stop_ray_started_in(env["RAY_TMPDIR"])
-    stdout, stderr = sweep_output(tmp_path)
-    assert sweep.returncode == 0, stdout[-3000:] + stderr[-3000:]
+
+    returncode, stdout, stderr = sweep_with_an_event(
+        path, tmp_path, env, lambda: find_checkpoint(tmp_path / "ray_results"), kill_after_the_checkpoint
+    )
+    assert returncode == 0, stdout[-3000:] + stderr[-3000:]
     return env
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -18,11 +17,9 @@ from tests.helpers import (
     isolated_env,
     load_smoke_spec,
     run_sweep_cli,
-    start_sweep_cli,
     start_tracking_server,
-    stop_ray_started_in,
     stop_tracking_server,
-    sweep_output,
+    sweep_with_an_event,
     write_spec,
 )
 
@@ -100,20 +97,12 @@ def test_a_server_gone_mid_sweep_loses_no_finished_trial(tmp_path):
     spec_path = write_spec(workdir / "gone.yaml", spec)
     env = isolated_env(workdir)
     env.update(MLFLOW_TRACKING_URI=url, RDT_OUTBOX_WAIT_S="5")
-    sweep = start_sweep_cli(spec_path, workdir, env)
-    try:
-        deadline = time.monotonic() + 300
-        while children_finished(backend_db, "gone") < 1:
-            assert sweep.poll() is None and time.monotonic() < deadline, "the first trial never finished"
-            time.sleep(1)
-        stop_tracking_server(server, crash=True)
-        sweep.wait(timeout=600)
-    finally:
-        if sweep.poll() is None:
-            sweep.kill()
-        stop_ray_started_in(env["RAY_TMPDIR"])
-    stdout, stderr = sweep_output(workdir)
-    assert sweep.returncode == 1, stdout[-3000:] + stderr[-3000:]
+    returncode, stdout, stderr = sweep_with_an_event(
+        spec_path, workdir, env,
+        moment=lambda: children_finished(backend_db, "gone") >= 1,
+        event=lambda _: stop_tracking_server(server, crash=True),
+    )
+    assert returncode == 1, stdout[-3000:] + stderr[-3000:]
     assert "--send-outbox" in stderr.strip().splitlines()[-1]
     assert "sweep gone: 2 trials, 0 failed" in stdout  # the trials themselves never noticed
     kept = workdir / "mlflow-outbox" / "gone.jsonl"
