@@ -344,6 +344,10 @@ def run_sweep(plan: SweepPlan, resume: bool = False) -> SweepOutcome:
     # retries instead, for as long as it takes.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    # Keeping one checkpoint per trial (num_to_keep=1) makes Tune save its experiment state at every
+    # checkpoint, as it must so that the state never names a deleted checkpoint; its warning about that,
+    # three lines per evaluation of every trial, says nothing a user can act on.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     tracker = SweepTracker(plan.tracking_uri, spec.name)
     checkpoint_bytes = trained_checkpoint(spec, tracker)
     base = spec.base if checkpoint_bytes is None else read_checkpoint_config(io.BytesIO(checkpoint_bytes)).model_dump()
