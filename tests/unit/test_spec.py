@@ -10,7 +10,7 @@ import yaml
 
 from rdt_core.sweep import cli
 from rdt_core.sweep.spec import SpecError, load_spec
-from tests.helpers import REPO_ROOT, RUN_PY, isolated_env, load_smoke_spec, write_spec
+from tests.helpers import OUTSIDE_SETTINGS, REPO_ROOT, RUN_PY, isolated_env, load_smoke_spec, write_spec
 
 
 def smoke_with(**changes) -> dict:
@@ -139,9 +139,10 @@ def test_cli_exits_2_with_one_line_and_creates_nothing(case, tmp_path):
 def test_every_spec_passes_dry_run_without_starting_anything(name, tmp_path, monkeypatch, capsys):
     """In process (the command's own ``main``), so that Ray and MLflow are imported once for all specs."""
     env = isolated_env(tmp_path)
+    for key in OUTSIDE_SETTINGS:  # isolated as a subprocess would be
+        monkeypatch.delenv(key, raising=False)
     for key in ("RAY_TMPDIR", "MLFLOW_TRACKING_URI"):
         monkeypatch.setenv(key, env[key])
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.chdir(tmp_path)
     assert cli.main([str(REPO_ROOT / "sweeps" / name), "--dry-run"]) == 0
     plan = yaml.safe_load(capsys.readouterr().out)
