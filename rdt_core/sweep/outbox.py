@@ -57,6 +57,10 @@ class Outbox:
         self.path = path
         self.pending: list[dict[str, Any]] = read_outbox(path)[1] if path.exists() else []
         self.run_ids: dict[str, str] = {}  # run key -> MLflow run id, once known
+        # For a run that was made before (a restarted or resumed trial): each metric's last logged step.
+        # A restarted trial reports again what came after its checkpoint; what is logged already is not
+        # logged twice.
+        self.logged_steps: dict[str, dict[str, int]] = {}
         self.store_down = False
 
     def __getstate__(self) -> dict[str, Any]:
@@ -160,6 +164,7 @@ class Outbox:
                 tracker.reopen(existing)
                 tracker.log_params(existing, write["params"])
                 self.run_ids[write["run"]] = existing
+                self.logged_steps[write["run"]] = tracker.latest_steps(existing)
             else:
                 name = f"{self.sweep_name}-{tracker.count_children():03d}"
                 self.run_ids[write["run"]] = tracker.start_child(
@@ -169,10 +174,11 @@ class Outbox:
         run_id = self._run_id(write["run"])
         if op == "reopen":
             tracker.reopen(run_id)
+            self.logged_steps[write["run"]] = tracker.latest_steps(run_id)
         elif op == "params":
             tracker.log_params(run_id, write["params"])
         elif op == "metrics":
-            tracker.log_metrics(run_id, write["metrics"], write["step"], timestamp=write["timestamp"])
+            tracker.log_metrics(run_id, self._not_logged_yet(write), write["step"], timestamp=write["timestamp"])
         elif op == "tag":
             tracker.client.set_tag(run_id, write["key"], write["value"])
         elif op == "text":
@@ -186,6 +192,14 @@ class Outbox:
             tracker.finish(run_id, succeeded=write["succeeded"], end_time=write["end_time"])
         else:
             raise ValueError(f"{self.path}: unknown write {op!r}")
+
+
+    def _not_logged_yet(self, write: dict[str, Any]) -> dict[str, float]:
+        """The metrics of a write that its run does not hold yet at the write's step or later."""
+        logged = self.logged_steps.get(write["run"])
+        if logged is None:
+            return write["metrics"]
+        return {key: value for key, value in write["metrics"].items() if write["step"] > logged.get(key, -1)}
 
 
 def send_outbox(path: Path) -> int:

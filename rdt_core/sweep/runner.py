@@ -14,10 +14,12 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 import optuna
+import pyarrow.fs
 import ray
 import torch
 import yaml
@@ -28,7 +30,9 @@ from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, HyperBandScheduler
 from ray.tune.search import ConcurrencyLimiter
+from ray.tune import ExperimentAnalysis
 from ray.tune.search.optuna import OptunaSearch
+from ray.tune.utils.util import unflatten_dict
 
 from rdt_core.config import ExperimentConfig
 from rdt_core.report import draw_report
@@ -41,6 +45,7 @@ from rdt_core.train import (
     FINAL_REPORT_KEY,
     Reporter,
     evaluate_checkpoint,
+    is_resumable,
     read_checkpoint_config,
     train_worker,
 )
@@ -91,13 +96,15 @@ def checkpointing_reporter(report: Callable[..., None], checkpoint_type: type) -
 
 def train_resuming(config: ExperimentConfig, reporter: Reporter, latest: Any) -> None:
     """``train_worker`` from ``latest`` (the trial's last reported checkpoint, after a restart), or from
-    the start when it is None."""
+    the start when it is None, or when it cannot be read whole (a sweep killed while it was stored)."""
     checkpoint_dir = Path(tempfile.mkdtemp(prefix="rdt-checkpoint-"))
-    if latest is None:
-        train_worker(config, reporter, checkpoint_dir)
-        return
-    with latest.as_directory() as resume_from:
-        train_worker(config, reporter, checkpoint_dir, resume_from=Path(resume_from))
+    if latest is not None:
+        with latest.as_directory() as resume_from:
+            if is_resumable(Path(resume_from)):
+                train_worker(config, reporter, checkpoint_dir, resume_from=Path(resume_from))
+                return
+        print(f"checkpoint {latest.path} cannot be read whole: the trial starts again from step 0", flush=True)
+    train_worker(config, reporter, checkpoint_dir)
 
 
 def run_single_worker_trial(overrides: dict[str, Any], base: dict[str, Any]) -> None:
@@ -170,16 +177,72 @@ def make_trainable(spec: SweepSpec, storage_path: str, checkpoint_bytes: bytes |
     return tune.with_resources(trainable, {"cpu": 0.01})
 
 
+# The Optuna trial's user attribute naming the Ray Tune trial it belongs to: how ``--resume`` tells the
+# trials an interrupted sweep left RUNNING and that a restored Tune trial continues from those it left behind.
+TUNE_TRIAL_ATTR = "ray.trial_id"
+
+
 class PruningAwareOptunaSearch(OptunaSearch):
-    """OptunaSearch that records a trial stopped early by the scheduler as PRUNED.
+    """OptunaSearch that records a trial stopped early by the scheduler as PRUNED, and keeps the study
+    one Optuna trial per Tune trial across a killed and resumed sweep.
 
     Ray 2.60's OptunaSearch tells Optuna COMPLETE for every trial that ends without an error, early
     stopped or not, which feeds truncated runs to TPE as finished ones and misleads the dashboards.
     A trial that ran to its end sent the summary (``FINAL_REPORT_KEY``) in its last report; one that
     the scheduler stopped did not.
+
+    A sweep killed after the study gave out a trial but before Tune saved its state leaves that trial
+    RUNNING and unknown to the restored Tune, which asks for one in its place: it gets the abandoned
+    trial. The sampler restored with Tune's state would draw those parameters again for the next one,
+    so it is replaced by ``new_sampler(number of trials so far)``, the sweep's sampler seeded anew. A
+    restored trial may also send again a final report that the study recorded before the kill: it is
+    recorded once.
     """
 
+    def __init__(self, *args: Any, new_sampler: Callable[[int], optuna.samplers.BaseSampler], **kwargs: Any):
+        super().__init__(*args, sampler=new_sampler(0), **kwargs)
+        self._new_sampler = new_sampler
+        self._abandoned: list[optuna.Trial] | None = None  # found at the first suggestion
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        self._abandoned = None  # what the killed sweep left behind is looked for again
+
+    def suggest(self, trial_id: str) -> dict | None:
+        if trial_id not in self._ot_trials and (abandoned := self._next_abandoned()) is not None:
+            self._ot_trials[trial_id] = abandoned
+            abandoned.set_user_attr(TUNE_TRIAL_ATTR, trial_id)
+            return unflatten_dict(abandoned.params)
+        asked = trial_id not in self._ot_trials
+        params = super().suggest(trial_id)
+        if asked and trial_id in self._ot_trials:
+            self._ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ATTR, trial_id)
+        return params
+
+    def _next_abandoned(self) -> optuna.Trial | None:
+        """A RUNNING trial of the study that no trial of this search holds, oldest first."""
+        if self._abandoned is None:
+            held = {trial.number for trial in self._ot_trials.values()}
+            trials = self._ot_study.get_trials(deepcopy=False)
+            self._abandoned = [
+                optuna.Trial(self._ot_study, trial._trial_id)
+                for trial in trials
+                if trial.state == optuna.trial.TrialState.RUNNING and trial.number not in held
+            ]
+            if self._abandoned:
+                self._ot_study.sampler = self._new_sampler(len(trials))
+        return self._abandoned.pop(0) if self._abandoned else None
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        try:
+            super().on_trial_result(trial_id, result)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # a restored trial's report again, after the study recorded its end
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._ot_trials and trial_id not in self._completed_trials and self._closed_in_study(trial_id):
+            self._completed_trials.add(trial_id)
+            return
         stopped_early = result is not None and not error and FINAL_REPORT_KEY not in result
         if stopped_early and trial_id not in self._completed_trials:
             self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
@@ -187,9 +250,24 @@ class PruningAwareOptunaSearch(OptunaSearch):
             return
         super().on_trial_complete(trial_id, result=result, error=error)
 
+    def _closed_in_study(self, trial_id: str) -> bool:
+        """Whether the study holds the end of ``trial_id`` already (told before the sweep was killed)."""
+        number = self._ot_trials[trial_id].number
+        return self._ot_study.get_trials(deepcopy=False)[number].state.is_finished()
 
-def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
-    seed = spec.sampler.seed
+
+def fail_running_trials(study: optuna.Study) -> int:
+    """At the end of a sweep, mark FAIL each trial still RUNNING: one that a killed sweep gave out and no
+    trial took up again. Returns how many."""
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    for trial in running:
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+    return len(running)
+
+
+def make_sampler(spec: SweepSpec, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
+    """The spec's sampler, seeded with its seed (plus ``seed_offset``: a resumed sweep's new stream)."""
+    seed = spec.sampler.seed + seed_offset
     kind = spec.sampler.type
     if kind == "grid":
         grid = {key: dist.bounds() for key, dist in spec.search_space.items()}
@@ -331,7 +409,7 @@ def run_sweep(plan: SweepPlan, resume: bool = False) -> SweepOutcome:
     spec = plan.spec
     metrics, modes = spec.objectives()
     experiment_path = f"{plan.storage_path}/{spec.name}"
-    if resume and not tune.Tuner.can_restore(experiment_path):  # before MLflow is touched
+    if resume and not was_started(experiment_path):  # before MLflow is touched
         raise ResumeError(f"--resume: no interrupted sweep {spec.name!r} at {experiment_path}")
     kept = outbox_path(spec.name)
     if kept.exists() and not resume:
@@ -351,29 +429,13 @@ def run_sweep(plan: SweepPlan, resume: bool = False) -> SweepOutcome:
     tracker = SweepTracker(plan.tracking_uri, spec.name)
     checkpoint_bytes = trained_checkpoint(spec, tracker)
     base = spec.base if checkpoint_bytes is None else read_checkpoint_config(io.BytesIO(checkpoint_bytes)).model_dump()
-    if resume:
-        parent_run_id = tracker.resume_parent(experiment_path)
-        if parent_run_id is None:
-            raise ResumeError(f"--resume: no parent run of {spec.name!r} in {plan.tracking_uri} to resume")
-        study_name = tracker.client.get_run(parent_run_id).data.tags["optuna.study_name"]
-    else:
-        parent_run_id = tracker.start_parent(
-            spec.name,
-            params={f"base.{key}": value for key, value in ExperimentConfig.from_dict(base).to_flat_dict().items()},
-            tags={
-                "sweep.spec_path": plan.spec_path,
-                "sweep.metric": metrics[0],
-                "sweep.mode": modes[0],
-                "sweep.tune_path": experiment_path,
-                "optuna.storage": plan.optuna_storage,
-            },
-        )
-        study_name = f"{spec.name}-{parent_run_id}"  # unique per sweep; optuna-dashboard lists it by name
-        tracker.client.set_tag(parent_run_id, "optuna.study_name", study_name)
-        tracker.client.log_text(parent_run_id, yaml.safe_dump(spec.model_dump(), sort_keys=False), "spec.yaml")
-        tracker.client.log_text(parent_run_id, yaml.safe_dump(plan.as_dict(), sort_keys=False), "plan.yaml")
+    mark_started(experiment_path)  # before the parent run: from here on, --resume finds what it needs
+    parent_run_id, study_name = open_parent_run(tracker, plan, base, experiment_path, resume)
     outbox = Outbox(tracker, spec.name, kept)
     outbox.flush()  # what a resumed sweep's first driver could not send
+    tune_trials = saved_tune_trials(experiment_path) if resume else None
+    if resume:
+        delete_runs_of_unknown_trials(tracker, tune_trials or {})
 
     # CPU, memory, disk, network (and GPU where present) of the driver's node, as system/* metrics.
     system_metrics = SystemMetricsMonitor(parent_run_id, sampling_interval=10, tracking_uri=plan.tracking_uri)
@@ -384,7 +446,7 @@ def run_sweep(plan: SweepPlan, resume: bool = False) -> SweepOutcome:
         if started_ray:
             ray.init()  # joins RAY_ADDRESS (or the job's cluster) when set, else starts a local Ray
         trainable = make_trainable(spec, plan.storage_path, checkpoint_bytes)
-        if resume:  # the searcher, scheduler and callbacks come back from the saved experiment state
+        if tune_trials is not None:  # the searcher, scheduler and callbacks come back from the saved state
             tuner = tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True, resume_errored=True)
         else:
             tuner = new_tuner(spec, plan, trainable, study_name, MlflowTrialCallback(Outbox(tracker, spec.name, kept), base))
@@ -395,6 +457,7 @@ def run_sweep(plan: SweepPlan, resume: bool = False) -> SweepOutcome:
         outbox.log_params(PARENT, {f"best.{key}": value for key, value in best.config.items()})
         outbox.log_metrics(PARENT, {f"best/{m}": best_metrics.get(m, float("nan")) for m in metrics}, step=0)
         study = optuna.load_study(study_name=study_name, storage=plan.optuna_storage)
+        fail_running_trials(study)
         front = pareto_front(study) if len(metrics) > 1 else []
         if front:
             outbox.log_text(PARENT, json.dumps({"metrics": metrics, "modes": modes, "front": front}, indent=2),
@@ -424,6 +487,89 @@ def run_sweep(plan: SweepPlan, resume: bool = False) -> SweepOutcome:
             ray.shutdown()
 
 
+STARTED_MARK = "rdt-sweep-started"  # in the Tune experiment directory: written before the parent run
+
+
+def experiment_file(experiment_path: str, name: str) -> tuple[pyarrow.fs.FileSystem, str]:
+    """A file in the Tune experiment directory, a local path or a URI (``s3://...``), and its filesystem."""
+    if "://" in experiment_path:
+        filesystem, path = pyarrow.fs.FileSystem.from_uri(experiment_path)
+        return filesystem, f"{path}/{name}"
+    return pyarrow.fs.LocalFileSystem(), f"{experiment_path}/{name}"
+
+
+def mark_started(experiment_path: str) -> None:
+    filesystem, path = experiment_file(experiment_path, STARTED_MARK)
+    filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with filesystem.open_output_stream(path) as stream:
+        stream.write(b"a sweep started here; python sweeps/run.py SPEC --resume continues it\n")
+
+
+def was_started(experiment_path: str) -> bool:
+    """Whether a sweep started at ``experiment_path``: marked, or (a sweep of an earlier version) Tune
+    saved its state there."""
+    filesystem, path = experiment_file(experiment_path, STARTED_MARK)
+    marked = filesystem.get_file_info(path).type != pyarrow.fs.FileType.NotFound
+    return marked or tune.Tuner.can_restore(experiment_path)
+
+
+def saved_tune_trials(experiment_path: str) -> dict[str, str] | None:
+    """The trials in the experiment state Tune saved at ``experiment_path`` (Tune trial id -> status),
+    or None when it saved none (a sweep killed before its first trial): that sweep starts afresh."""
+    if not tune.Tuner.can_restore(experiment_path):
+        return None
+    try:
+        trials = ExperimentAnalysis(experiment_path).trials
+    except ValueError:  # no experiment state yet
+        return None
+    return {trial.trial_id: trial.status for trial in trials}
+
+
+def open_parent_run(
+    tracker: SweepTracker, plan: SweepPlan, base: dict[str, Any], experiment_path: str, resume: bool
+) -> tuple[str, str]:
+    """The sweep's parent run (the interrupted sweep's on ``resume``, else a new one), with what a killed
+    sweep may not have written yet written now; returns its id and the Optuna study's name."""
+    spec = plan.spec
+    metrics, modes = spec.objectives()
+    parent_run_id = tracker.resume_parent(experiment_path) if resume else None
+    if parent_run_id is None:
+        parent_run_id = tracker.start_parent(
+            spec.name,
+            params={},
+            tags={
+                "sweep.spec_path": plan.spec_path,
+                "sweep.metric": metrics[0],
+                "sweep.mode": modes[0],
+                "sweep.tune_path": experiment_path,
+                "optuna.storage": plan.optuna_storage,
+            },
+        )
+    parent = tracker.client.get_run(parent_run_id)
+    params = {f"base.{key}": value for key, value in ExperimentConfig.from_dict(base).to_flat_dict().items()}
+    tracker.log_params(parent_run_id, {key: value for key, value in params.items() if key not in parent.data.params})
+    # Unique per sweep; optuna-dashboard lists it by name.
+    study_name = parent.data.tags.get("optuna.study_name") or f"{spec.name}-{parent_run_id}"
+    tracker.client.set_tag(parent_run_id, "optuna.study_name", study_name)
+    logged = {artifact.path for artifact in tracker.client.list_artifacts(parent_run_id)}
+    for name, content in (("spec.yaml", spec.model_dump()), ("plan.yaml", plan.as_dict())):
+        if name not in logged:
+            tracker.client.log_text(parent_run_id, yaml.safe_dump(content, sort_keys=False), name)
+    return parent_run_id, study_name
+
+
+def delete_runs_of_unknown_trials(tracker: SweepTracker, tune_trials: dict[str, str]) -> None:
+    """Before a killed sweep resumes: a trial that started after Tune last saved its state is unknown to
+    the restored Tune, which runs a trial in its place. Its child run is deleted, so that each trial of
+    the sweep has one child run."""
+    unknown = [run for run in tracker.children() if run.data.tags.get("ray.trial_id") not in tune_trials]
+    for run in unknown:
+        tracker.client.delete_run(run.info.run_id)
+    if unknown:
+        print(f"--resume: deleted {len(unknown)} child run(s) of trials that started after Tune last saved "
+              "its state; Tune runs trials in their place", flush=True)
+
+
 # At the end of a sweep, how long a store that has gone is waited for before its writes are left kept.
 OUTBOX_WAIT_S = float(os.environ.get("RDT_OUTBOX_WAIT_S", "60"))
 
@@ -444,7 +590,7 @@ def new_tuner(spec: SweepSpec, plan: SweepPlan, trainable: Any, study_name: str,
     searcher = PruningAwareOptunaSearch(
         metric=metrics[0] if single else metrics,
         mode=modes[0] if single else modes,
-        sampler=make_sampler(spec),
+        new_sampler=partial(make_sampler, spec),
         storage=optuna.storages.RDBStorage(plan.optuna_storage),
         study_name=study_name,
     )

@@ -12,7 +12,7 @@ import time
 import urllib.request
 from typing import Any, Mapping
 
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import Metric, Param, Run, RunStatus
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
@@ -106,12 +106,18 @@ class SweepTracker:
         )
         return runs[0].info.run_id if runs else None
 
-    def count_children(self) -> int:
-        """Child runs of the parent so far."""
-        runs = self.client.search_runs(
+    def children(self) -> list[Run]:
+        """The parent's child runs so far (deleted ones aside)."""
+        return self.client.search_runs(
             [self.experiment_id], filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}'"
         )
-        return len(runs)
+
+    def count_children(self) -> int:
+        return len(self.children())
+
+    def latest_steps(self, run_id: str) -> dict[str, int]:
+        """Each metric of a run and the last step it was logged at (one request)."""
+        return {metric.key: metric.step for metric in self.client.get_run(run_id).data.to_proto().metrics}
 
     def resume_parent(self, tune_path: str) -> str | None:
         """The latest parent run of the sweep whose Tune experiment is at ``tune_path``, reopened."""

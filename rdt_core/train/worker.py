@@ -13,7 +13,9 @@ metrics of ``rdt_core.eval`` and the grokking phases reached so far. The last re
 from __future__ import annotations
 
 import math
+import os
 import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -38,6 +40,7 @@ Reporter = Callable[[dict[str, float], "Path | None"], None]
 FINAL_REPORT_KEY = "time/train_s"  # only the last report, sent once training has finished, carries it
 CHECKPOINT_FILE = "model.pt"  # the config and the weights: what inference and the final report need
 TRAINING_STATE_FILE = "training_state.pt"  # optimizer, random streams and progress: what resuming adds
+FINAL_REPORT = "final_report"  # in the final checkpoint's CHECKPOINT_FILE: the report a finished run sent
 
 
 def split_hop_counts(config: ExperimentConfig) -> dict[str, list[int]]:
@@ -173,10 +176,13 @@ def train_worker(
     step's report; the reporter must have persisted it when it returns, as Ray's ``report`` has, for it
     is deleted then. The trained model alone (``CHECKPOINT_FILE`` in ``checkpoint_dir``) goes with the
     final report. With ``resume_from`` (such a subdirectory), training continues after its step exactly
-    as if it had never stopped: on CPU, to the same metrics. Returns the summary.
+    as if it had never stopped: on CPU, to the same metrics. A run resumed from its final checkpoint (its
+    process died after its final report) sends that report again at once. Returns the summary.
     """
     started = time.perf_counter()
     rank, world_size = rank_and_world_size()
+    if resume_from is not None and (final := read_final_report(Path(resume_from))) is not None:
+        return report_again(final, Path(resume_from), reporter, checkpoint_dir if rank == 0 else None)
     device = pick_device()
     torch.manual_seed(config.train.seed)  # identical initial weights on every worker
 
@@ -277,19 +283,45 @@ def train_worker(
     summary["time/train_s"] = progress.elapsed_s + time.perf_counter() - started
     summary["model/n_params"] = float(sum(p.numel() for p in model.parameters()))
     summary["dist/world_size"] = float(world_size)
+    final_report = {**metrics, **summary}
     final_checkpoint = None
     if checkpoint_dir is not None and rank == 0:
         final_checkpoint = Path(checkpoint_dir)
-        save_checkpoint(model, config, final_checkpoint)
-    reporter({**metrics, **summary}, final_checkpoint)
+        save_checkpoint(model, config, final_checkpoint, final_report)
+    reporter(final_report, final_checkpoint)
     return summary
 
 
-def save_checkpoint(model: RecurrentDepthTransformer, config: ExperimentConfig, directory: Path) -> Path:
-    """The weights and the full config: enough to rebuild the data, the model and every measurement."""
+def report_again(final: dict[str, float], resume_from: Path, reporter: Reporter, checkpoint_dir: Path | None) -> dict[str, float]:
+    """A finished run's final report, sent again with (a copy of) its final checkpoint on rank 0."""
+    checkpoint = None
+    if checkpoint_dir is not None:
+        checkpoint = Path(checkpoint_dir)
+        checkpoint.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(resume_from / CHECKPOINT_FILE, checkpoint / CHECKPOINT_FILE)
+    reporter(final, checkpoint)
+    return final
+
+
+def save_atomically(state: dict, path: Path) -> None:
+    """``torch.save`` to a scratch file beside ``path``, then renamed over it: a process killed mid-write
+    leaves the old file or none, never a half-written one."""
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as scratch:
+        torch.save(state, scratch)
+    os.replace(scratch.name, path)
+
+
+def save_checkpoint(
+    model: RecurrentDepthTransformer, config: ExperimentConfig, directory: Path, final_report: dict[str, float] | None = None
+) -> Path:
+    """The weights and the full config: enough to rebuild the data, the model and every measurement.
+    The final checkpoint also holds the final report, which a run resumed from it sends again."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / CHECKPOINT_FILE
-    torch.save({"config": config.model_dump(), "model": model.state_dict()}, path)
+    state = {"config": config.model_dump(), "model": model.state_dict()}
+    if final_report is not None:
+        state[FINAL_REPORT] = final_report
+    save_atomically(state, path)
     return path
 
 
@@ -320,8 +352,27 @@ def save_training_state(
         "loop_stream": sample_loops.generator.get_state(),
         "progress": asdict(progress),
     }
-    torch.save(state, directory / TRAINING_STATE_FILE)
+    save_atomically(state, directory / TRAINING_STATE_FILE)
     return directory
+
+
+def read_final_report(directory: Path) -> dict[str, float] | None:
+    """The final report kept in a checkpoint directory, or None for a checkpoint taken mid-training."""
+    state = torch.load(directory / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    return state.get(FINAL_REPORT)
+
+
+def is_resumable(directory: Path) -> bool:
+    """Whether ``directory`` holds a whole checkpoint to resume from: a final one (its final report
+    inside), or one taken mid-training (with its training state). A checkpoint that lost a file, or
+    whose files do not load, is not."""
+    try:
+        if read_final_report(directory) is not None:
+            return True
+        torch.load(directory / TRAINING_STATE_FILE, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - a missing, truncated or foreign file: all mean "not resumable"
+        return False
+    return True
 
 
 def restore_training_state(

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import RUN_PY, isolated_env, load_smoke_spec, run_sweep_cli, stop_ray_started_in, write_spec
+from tests.helpers import RUN_PY, isolated_env, load_smoke_spec, run_sweep_cli, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -164,58 +163,6 @@ def test_inference_only_sweep_searches_halting_over_a_trained_trial_without_trai
         assert run.data.metrics["acc/id"] == trained_run.data.metrics["acc/id"]
         assert run.data.params["train.steps"] == "60"  # the trained model's config, not the defaults
     assert len({run.data.metrics["halting/id/mean_loops"] for run in evaluations}) > 1
-
-
-def test_interrupted_sweep_resumes_without_rerunning_or_duplicating(tmp_path):
-    spec = load_smoke_spec()
-    spec.update(name="resume", num_samples=3, max_concurrent_trials=1)
-    spec["base"]["train"].update({"steps": 150, "eval_every": 50})
-    path = write_spec(tmp_path / "resume.yaml", spec)
-    env = isolated_env(tmp_path)
-    env["TUNE_GLOBAL_CHECKPOINT_S"] = "1"  # save the experiment state often, as a long sweep would
-    driver = subprocess.Popen([sys.executable, str(RUN_PY), str(path)], cwd=tmp_path, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        # Watch Tune's result files, not MLflow: opening the store while the driver creates it races
-        # MLflow's schema migration.
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not finished_trial_results(tmp_path / "ray_results" / "resume"):
-            time.sleep(1)
-        assert finished_trial_results(tmp_path / "ray_results" / "resume"), "no trial finished in time"
-        time.sleep(5)  # let the driver log the finished trial and Tune save the state that records it
-        driver.kill()  # the driver dies mid-sweep, as on a lost head node
-        driver.wait()
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-        stop_ray_started_in(env["RAY_TMPDIR"])  # the killed driver's embedded Ray
-    finished_before = finished_children(tmp_path, "resume")
-    assert 0 < len(finished_before) < 3
-
-    resumed = subprocess.run([sys.executable, str(RUN_PY), str(path), "--resume"], cwd=tmp_path,
-                             env=isolated_env(tmp_path), capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-
-    client, parents, children = runs_of(tmp_path, "resume")
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert len(children) == 3 and all(run.info.status == "FINISHED" for run in children)
-    assert len({run.data.tags["ray.trial_id"] for run in children}) == 3
-    for run_id in finished_before:  # finished trials were not run again
-        assert [m.step for m in client.get_metric_history(run_id, "acc/id")] == [50, 100, 150]
-
-
-def finished_trial_results(experiment_dir: Path) -> list[Path]:
-    """Trials whose Tune result file holds the final report (it alone carries ``time/train_s``)."""
-    return [path for path in experiment_dir.glob("trial-*/result.json") if "time/train_s" in path.read_text()]
-
-
-def finished_children(workdir: Path, experiment: str) -> list[str]:
-    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        return []
-    runs = client.search_runs([found.experiment_id], filter_string="attributes.status = 'FINISHED'")
-    return [run.info.run_id for run in runs if "mlflow.parentRunId" in run.data.tags]
 
 
 def test_resume_without_an_interrupted_sweep_exits_2(tmp_path):

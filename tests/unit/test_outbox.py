@@ -94,3 +94,23 @@ def test_what_is_kept_survives_the_driver_and_is_sent_by_a_new_one(tracker, tmp_
     assert send_outbox(path) == 0  # a new process: the real client, the store answering
     assert children(tracker)["t1"].info.status == "FINISHED"
     assert not path.exists()
+
+
+def test_a_restarted_trial_reporting_again_logs_nothing_twice(tracker, tmp_path):
+    """A trial that resumes from an earlier checkpoint, or from its final one, reports again steps its
+    run holds already: only what is new is logged (a new driver, as after --resume)."""
+    first = Outbox(tracker, "sweep", tmp_path / "outbox.jsonl")
+    first.start_trial_run("t1", params={}, tags={})
+    first.log_metrics(trial_key("t1"), {"acc/id": 0.25, "loss/train": 2.0}, step=10)
+    first.log_metrics(trial_key("t1"), {"acc/id": 0.5}, step=20)  # killed before loss/train at 20 was sent
+
+    resumed = Outbox(tracker, "sweep", tmp_path / "outbox.jsonl")
+    resumed.start_trial_run("t1", params={}, tags={})  # finds the run it had
+    resumed.log_metrics(trial_key("t1"), {"acc/id": 0.5, "loss/train": 1.5}, step=20)
+    resumed.log_metrics(trial_key("t1"), {"acc/id": 0.75, "loss/train": 1.0}, step=30)
+    resumed.reopen(trial_key("t1"))  # its worker died and resumed from step 20 in the same driver
+    resumed.log_metrics(trial_key("t1"), {"acc/id": 0.75, "loss/train": 1.0}, step=30)
+    run_id = children(tracker)["t1"].info.run_id
+    history = lambda key: [(m.step, m.value) for m in tracker.client.get_metric_history(run_id, key)]  # noqa: E731
+    assert history("acc/id") == [(10, 0.25), (20, 0.5), (30, 0.75)]
+    assert history("loss/train") == [(10, 2.0), (20, 1.5), (30, 1.0)]

@@ -4,7 +4,15 @@ import optuna
 import pytest
 from ray.tune.schedulers import ASHAScheduler, HyperBandScheduler
 
-from rdt_core.sweep.runner import default_optuna_storage, make_sampler, make_scheduler, resolve_storage_path
+from rdt_core.sweep.runner import (
+    PruningAwareOptunaSearch,
+    default_optuna_storage,
+    fail_running_trials,
+    make_sampler,
+    make_scheduler,
+    resolve_storage_path,
+)
+from rdt_core.train import FINAL_REPORT_KEY
 from rdt_core.sweep.spec import validate_spec
 from tests.helpers import load_smoke_spec
 
@@ -56,3 +64,49 @@ def test_a_clusters_storage_default_applies_unless_the_spec_names_one(tmp_path, 
     assert resolve_storage_path("s3://other/x") == "s3://other/x"  # the spec (or --set) wins
     monkeypatch.setenv("RDT_STORAGE_PATH", "shared")
     assert resolve_storage_path(None) == str(tmp_path / "shared")
+
+
+def searcher_over(storage: str, study_name: str):
+    return PruningAwareOptunaSearch(
+        space={"x": optuna.distributions.FloatDistribution(0.0, 1.0)}, metric="acc", mode="max",
+        new_sampler=optuna.samplers.RandomSampler,  # seeded with the offset it is given
+        storage=optuna.storages.RDBStorage(storage), study_name=study_name,
+    )
+
+
+def test_a_resumed_search_takes_up_the_trial_a_killed_sweep_gave_out_and_draws_no_parameters_twice(tmp_path):
+    """Real Optuna storage. The killed sweep's searcher gave out trial c after Tune last saved its state:
+    the restored searcher gives c's trial to the trial Tune asks for in its place, and draws new
+    parameters after it (the restored sampler would draw c's again)."""
+    storage, saved = f"sqlite:///{tmp_path / 'optuna.db'}", tmp_path / "searcher.pkl"
+    killed = searcher_over(storage, "sweep")
+    first = [killed.suggest("a"), killed.suggest("b")]
+    killed.save(str(saved))  # Tune's last saved state
+    given_out = killed.suggest("c")
+
+    resumed = searcher_over(storage, "sweep")
+    resumed.restore(str(saved))
+    assert resumed.suggest("d") == given_out
+    later = resumed.suggest("e")
+    study = optuna.load_study(study_name="sweep", storage=storage)
+    assert [trial.user_attrs["ray.trial_id"] for trial in study.trials] == ["a", "b", "d", "e"]
+    assert later not in [*first, given_out]
+
+
+def test_a_final_report_sent_again_after_a_resume_is_recorded_once(tmp_path):
+    storage, saved = f"sqlite:///{tmp_path / 'optuna.db'}", tmp_path / "searcher.pkl"
+    killed = searcher_over(storage, "sweep")
+    killed.suggest("a")
+    killed.suggest("b")
+    killed.save(str(saved))
+    killed.on_trial_complete("a", {"acc": 0.5, FINAL_REPORT_KEY: 1.0, "training_iteration": 3})
+
+    resumed = searcher_over(storage, "sweep")
+    resumed.restore(str(saved))  # knows nothing of a's end
+    resumed.on_trial_result("a", {"acc": 0.6, "training_iteration": 3})
+    resumed.on_trial_complete("a", {"acc": 0.6, FINAL_REPORT_KEY: 1.0, "training_iteration": 3})
+    study = optuna.load_study(study_name="sweep", storage=storage)
+    assert [(trial.state, trial.value) for trial in study.trials] == [
+        (optuna.trial.TrialState.COMPLETE, 0.5), (optuna.trial.TrialState.RUNNING, None)]
+    assert fail_running_trials(study) == 1
+    assert study.trials[1].state == optuna.trial.TrialState.FAIL

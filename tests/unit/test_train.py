@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from rdt_core.config import ConfigError, ExperimentConfig
-from rdt_core.train import CHECKPOINT_FILE, reported_metric_names, split_hop_counts, train_worker
+from rdt_core.train import CHECKPOINT_FILE, is_resumable, reported_metric_names, split_hop_counts, train_worker
 
 TINY = {
     "data": {"n_entities": 24, "n_relations": 4, "inferred_ratio": 1.0, "n_test_queries": 16,
@@ -164,3 +164,37 @@ def test_checkpoints_come_with_every_checkpoint_every_steps_and_the_final_model_
 def test_checkpoint_every_must_fall_on_evaluations():
     with pytest.raises(ConfigError, match="checkpoint_every"):
         ExperimentConfig.from_dict(TINY, {"train.checkpoint_every": 30})
+
+
+def test_a_run_resumed_from_its_final_checkpoint_sends_its_final_report_again_at_once(tmp_path):
+    """A trial whose process died after its final report: Tune restores it from its final checkpoint."""
+    torch.set_num_threads(1)
+    config = ExperimentConfig.from_dict(TINY, {"train.steps": 40})
+    finished = tmp_path / "finished"
+    reports = []
+    train_worker(config, lambda metrics, checkpoint: reports.append(metrics), finished)
+    assert is_resumable(finished)
+
+    again: list[tuple[dict, list[str]]] = []
+    train_worker(config, lambda metrics, checkpoint: again.append((metrics, sorted(p.name for p in checkpoint.iterdir()))),
+                 tmp_path / "again", resume_from=finished)
+    assert again == [(reports[-1], [CHECKPOINT_FILE])]  # no training, no evaluation: the same report
+
+
+def test_a_checkpoint_missing_a_file_or_cut_short_is_not_resumable(tmp_path):
+    torch.set_num_threads(1)
+    config = ExperimentConfig.from_dict(TINY, {"train.steps": 40, "train.checkpoint_every": 20})
+    kept = tmp_path / "kept"
+
+    def keep_the_first(metrics: dict[str, float], checkpoint) -> None:
+        if checkpoint is not None and not kept.exists():
+            shutil.copytree(checkpoint, kept)
+
+    train_worker(config, keep_the_first, tmp_path / "scratch")
+    assert is_resumable(kept)
+    state = kept / "training_state.pt"
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])  # a copy cut short by a kill
+    assert not is_resumable(kept)
+    state.unlink()
+    assert not is_resumable(kept)
+    assert not is_resumable(tmp_path / "nothing-here")

@@ -1,0 +1,22 @@
+"""A few seeded kill points of the kill-anywhere harness (``tests/kill_anywhere.py``; ``make soak`` runs
+many): a sweep killed, resumed and checked on a real local Ray, MLflow store and Optuna storage."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.kill_anywhere import KillPoint, run_kill_point
+
+pytestmark = pytest.mark.slow
+
+# Seed 3 kills the driver as a trial's final report arrives (the moment of the reported bug), then its
+# --resume at a checkpoint; seed 9 kills a trial's worker mid-training; seed 5 crashes the tracking server.
+SEEDS = {3: "driver", 9: "worker", 5: "server"}
+
+
+@pytest.mark.parametrize("seed", SEEDS, ids=[f"{target}-seed-{seed}" for seed, target in SEEDS.items()])
+def test_a_sweep_killed_at_a_seeded_moment_resumes_with_nothing_lost_or_counted_twice(tmp_path, seed):
+    point = KillPoint.draw(seed)
+    assert point.target == SEEDS[seed]  # the draw this test was written for
+    log, problems = run_kill_point(point, tmp_path)
+    assert not problems, f"{point.describe()}: {'; '.join(log)}: {problems}"

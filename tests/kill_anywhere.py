@@ -1,0 +1,295 @@
+"""Kill a small sweep at a moment drawn at random from its whole life, resume it, and check that nothing
+was lost or counted twice.
+
+One *kill point* is a seed. The seed draws what is killed and when:
+- ``driver``: the sweep's whole process group (the driver and its embedded Ray) with SIGKILL, at a
+  random time, or as soon as a trial's checkpoint appears in storage (while Tune registers it), or as
+  soon as a trial's final report reaches Tune (while the driver logs it to MLflow and tells Optuna); then
+  ``--resume``, which may be killed again the same way; then a last ``--resume`` left to finish;
+- ``worker``: one trial's worker process, at a random time (Tune restarts the trial from its checkpoint);
+- ``server``: the MLflow tracking server, at a random time, started again on its port a few seconds later.
+Then every invariant of ``violations`` is checked. Used by ``tests/integration/test_kill_anywhere.py``
+(a few seeds) and by ``make soak`` (``python -m tests.kill_anywhere --points 25``), which prints how many
+kill points held.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+import psutil
+from mlflow.tracking import MlflowClient
+
+from rdt_core.sweep.runner import STARTED_MARK
+from tests.helpers import (
+    RUN_PY,
+    free_port,
+    isolated_env,
+    load_smoke_spec,
+    start_tracking_server,
+    stop_ray_started_in,
+    stop_tracking_server,
+    write_spec,
+)
+
+NAME, TRIALS, STEPS, EVAL_EVERY = "fired", 3, 300, 50
+LIFE_S = 40.0  # about how long the sweep runs here unkilled (38 s, 2 cores): kill times are drawn from [0, LIFE_S]
+TARGETS = ("driver", "worker", "server")
+DRIVER_MOMENTS = ("any time", "at a checkpoint", "at a final report")
+
+
+def sweep_spec(workdir: Path) -> Path:
+    """The smoke sweep, small: 3 trials of 300 steps, two at a time, a checkpoint at every evaluation."""
+    spec = load_smoke_spec()
+    spec.update(name=NAME, num_samples=TRIALS, max_concurrent_trials=2)
+    spec["base"]["train"].update({"steps": STEPS, "eval_every": EVAL_EVERY})
+    return write_spec(workdir / f"{NAME}.yaml", spec)
+
+
+@dataclass
+class KillPoint:
+    """What one seed kills, and when."""
+
+    seed: int
+    target: str
+    kills: list[tuple[str, float]] = field(default_factory=list)  # (moment, delay or count) per driver run
+
+    @classmethod
+    def draw(cls, seed: int, target: str | None = None) -> "KillPoint":
+        rng = random.Random(seed)
+        point = cls(seed, target or rng.choice(TARGETS))
+        n_driver_kills = rng.choice((1, 1, 2)) if point.target == "driver" else 1
+        for _ in range(n_driver_kills):
+            moment = rng.choice(DRIVER_MOMENTS) if point.target == "driver" else "any time"
+            if moment == "any time":
+                point.kills.append((moment, rng.uniform(0, LIFE_S)))
+            else:  # the how-manyth checkpoint (of 6 per trial) or final report from the run's start
+                point.kills.append((moment, rng.randint(1, STEPS // EVAL_EVERY if moment == "at a checkpoint" else TRIALS)))
+        return point
+
+    def describe(self) -> str:
+        shown = ", ".join(f"{moment} ({value:.1f} s)" if moment == "any time" else f"{moment} #{value}"
+                          for moment, value in self.kills)
+        return f"seed {self.seed}: kill the {self.target} {shown}"
+
+
+class Sweep:
+    """``python sweeps/run.py SPEC [--resume]`` in its own process group, output to files."""
+
+    def __init__(self, spec_path: Path, workdir: Path, env: dict[str, str], resume: bool, run_index: int):
+        self.env, self.workdir = env, workdir
+        self.out = workdir / f"run-{run_index}.out"
+        command = [sys.executable, str(RUN_PY), str(spec_path), *(["--resume"] if resume else [])]
+        with open(self.out, "w") as out:
+            self.process = subprocess.Popen(command, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+
+    def kill(self) -> None:
+        """SIGKILL the whole group at once, then whatever of its Ray lives on (a lost head node)."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait()
+        stop_ray_started_in(self.env["RAY_TMPDIR"])
+
+    def wait(self, timeout_s: float = 600) -> int:
+        try:
+            return self.process.wait(timeout=timeout_s)
+        finally:
+            self.kill()  # its Ray, whatever happened
+
+
+def checkpoints_in_storage(workdir: Path) -> set[str]:
+    """The trials' checkpoint folders now in storage (Tune keeps the latest of each trial)."""
+    return {str(path) for path in (workdir / "ray_results" / NAME).glob("trial-*/checkpoint_*")}
+
+
+def final_reports_in_storage(workdir: Path) -> set[str]:
+    """Trials whose Tune result file holds the final report (only it carries ``time/train_s``)."""
+    return {str(path) for path in (workdir / "ray_results" / NAME).glob("trial-*/result.json")
+            if "time/train_s" in path.read_text()}
+
+
+def wait_for_moment(sweep: Sweep, moment: str, value: float) -> bool:
+    """Wait until the drawn moment comes: ``value`` seconds, or the ``value``-th checkpoint or final
+    report that appears in storage after the run starts. False when the sweep ended first."""
+    deadline = time.monotonic() + (value if moment == "any time" else 300)
+    look = {"at a checkpoint": checkpoints_in_storage, "at a final report": final_reports_in_storage}.get(moment)
+    before = look(sweep.workdir) if look else set()
+    appeared: set[str] = set()
+    while time.monotonic() < deadline:
+        if sweep.process.poll() is not None:
+            return False
+        if look:
+            appeared |= look(sweep.workdir) - before
+            if len(appeared) >= value:
+                return True
+        time.sleep(0.02)
+    return moment == "any time"
+
+
+def trial_worker_pids(ray_temp_dir: str) -> list[int]:
+    """The Tune trial actors (``ray::ImplicitFunc``) of the Ray whose temp dir is ``ray_temp_dir``."""
+    found = set()
+    for process in psutil.process_iter(["cmdline"]):
+        if any(ray_temp_dir in part for part in process.info["cmdline"] or []):
+            for child in process.children(recursive=True):
+                try:
+                    if "ImplicitFunc" in " ".join(child.cmdline()):
+                        found.add(child.pid)
+                except psutil.NoSuchProcess:
+                    pass
+    return sorted(found)
+
+
+def run_kill_point(point: KillPoint, workdir: Path) -> tuple[list[str], list[str]]:
+    """Run the sweep under ``point``'s kills and resumes; returns (what happened, invariant violations)."""
+    spec_path = sweep_spec(workdir)
+    log: list[str] = []
+    server = port = None
+    backend = f"sqlite:///{workdir / 'server.db'}"
+    try:
+        tracking_uri = f"sqlite:///{workdir / 'mlflow.db'}"
+        if point.target == "server":
+            port = free_port()
+            server, tracking_uri = start_tracking_server(backend, workdir / "served", workdir, port=port)
+        runs = 0
+
+        def start(resume: bool) -> Sweep:
+            nonlocal runs
+            env = isolated_env(workdir)
+            env["MLFLOW_TRACKING_URI"] = tracking_uri
+            runs += 1
+            return Sweep(spec_path, workdir, env, resume, runs)
+
+        sweep = start(resume=False)
+        if point.target == "driver":
+            for moment, value in point.kills:
+                came = wait_for_moment(sweep, moment, value)
+                sweep.kill()
+                log.append(f"run {runs}: killed {moment}" if came else f"run {runs}: ended before the kill")
+                # Killed before it began (it marks its start in storage first), the sweep is run again as
+                # it was: --resume would say that there is nothing to resume.
+                sweep = start(resume=(workdir / "ray_results" / NAME / STARTED_MARK).exists())
+        else:
+            moment, delay = point.kills[0]
+            if wait_for_moment(sweep, moment, delay):
+                if point.target == "worker":
+                    workers = trial_worker_pids(sweep.env["RAY_TMPDIR"])
+                    if workers:
+                        os.kill(random.Random(point.seed).choice(workers), signal.SIGKILL)
+                    log.append(f"killed a trial worker of {len(workers)} at {delay:.1f} s")
+                else:
+                    stop_tracking_server(server, crash=True)
+                    time.sleep(random.Random(point.seed).uniform(2, 15))
+                    server, _ = start_tracking_server(backend, workdir / "served", workdir, port=port)
+                    log.append(f"crashed the tracking server at {delay:.1f} s and started it again")
+            else:
+                log.append("the sweep ended before the kill")
+        returncode = sweep.wait()
+        log.append(f"run {runs} (last) exited {returncode}")
+        problems = [] if returncode == 0 else [f"the last run exited {returncode}: {tail(sweep.out)}"]
+        return log, problems + violations(tracking_uri, workdir)
+    finally:
+        if server is not None:
+            stop_tracking_server(server)
+
+
+def tail(path: Path, lines: int = 6) -> str:
+    return " | ".join(path.read_text().strip().splitlines()[-lines:])
+
+
+def violations(tracking_uri: str, workdir: Path) -> list[str]:
+    """Every way the finished sweep breaks its promises: one FINISHED parent, one FINISHED child per
+    trial with every evaluation logged once and its checkpoint, and an Optuna study holding one
+    COMPLETE trial per trial (none RUNNING, no parameters twice)."""
+    found: list[str] = []
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(NAME)
+    if experiment is None:
+        return ["no MLflow experiment"]
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    children = [run for run in runs if "mlflow.parentRunId" in run.data.tags]
+    if len(parents) != 1:
+        return found + [f"{len(parents)} parent runs"]
+    parent = parents[0]
+    if parent.info.status != "FINISHED":
+        found.append(f"parent {parent.info.status}")
+    if len(children) != TRIALS:
+        found.append(f"{len(children)} child runs for {TRIALS} trials")
+    if len({run.data.tags.get("ray.trial_id") for run in children}) != len(children):
+        found.append("two child runs of one trial")
+    evaluations = list(range(EVAL_EVERY, STEPS + 1, EVAL_EVERY))
+    for child in children:
+        name, run_id = child.info.run_name, child.info.run_id
+        if child.info.status != "FINISHED":
+            found.append(f"{name} {child.info.status}")
+        for key in child.data.metrics:
+            steps = [metric.step for metric in client.get_metric_history(run_id, key)]
+            if len(steps) != len(set(steps)):
+                found.append(f"{name}: {key} logged twice at a step ({steps})")
+                break
+        loss_steps = sorted({m.step for m in client.get_metric_history(run_id, "loss/train")})
+        if loss_steps != evaluations:
+            found.append(f"{name}: evaluations at {loss_steps}, not {evaluations}")
+        if "final/acc/id" not in child.data.metrics:
+            found.append(f"{name}: no final report")
+        if "checkpoint/model.pt" not in [a.path for a in client.list_artifacts(run_id, "checkpoint")]:
+            found.append(f"{name}: no checkpoint")
+    study_name = parent.data.tags.get("optuna.study_name")
+    storage = f"sqlite:///{workdir / 'optuna.db'}"
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        return found + [f"no Optuna study {study_name}"]
+    states = [trial.state for trial in study.trials]
+    complete = [trial for trial in study.trials if trial.state == optuna.trial.TrialState.COMPLETE]
+    if len(complete) != TRIALS:
+        found.append(f"{len(complete)} COMPLETE Optuna trials for {TRIALS} trials "
+                     f"({[state.name for state in states]})")
+    if optuna.trial.TrialState.RUNNING in states:
+        found.append("an Optuna trial left RUNNING")
+    if len({json.dumps(trial.params, sort_keys=True) for trial in complete}) != len(complete):
+        found.append("the same parameters COMPLETE twice in the study")
+    linked = {trial.user_attrs.get("ray.trial_id") for trial in complete}
+    if linked != {run.data.tags.get("ray.trial_id") for run in children}:
+        found.append("the COMPLETE Optuna trials are not the child runs' trials")
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.kill_anywhere", description=__doc__.splitlines()[0])
+    parser.add_argument("--points", type=int, default=25, help="kill points (seeds) to try")
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--target", choices=TARGETS, help="only this target (default: drawn per seed)")
+    parser.add_argument("--keep", type=Path, help="keep each kill point's files under this folder")
+    args = parser.parse_args(argv)
+    held = 0
+    for seed in range(args.first_seed, args.first_seed + args.points):
+        point = KillPoint.draw(seed, args.target)
+        workdir = Path(tempfile.mkdtemp(prefix=f"kill-{seed}-", dir=args.keep))
+        started = time.monotonic()
+        log, problems = run_kill_point(point, workdir)
+        held += not problems
+        verdict = "held" if not problems else "BROKEN: " + "; ".join(problems)
+        print(f"{point.describe()} -> {'; '.join(log)} -> {verdict} [{time.monotonic() - started:.0f} s, {workdir}]",
+              flush=True)
+    print(f"{held} of {args.points} kill points held every invariant", flush=True)
+    return 0 if held == args.points else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
