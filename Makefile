@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: venv demo test test-fast clean
+.PHONY: venv demo test test-fast soak clean
 
 venv: $(VENV)/.installed
 
@@ -27,6 +27,9 @@ test: venv  ## the whole suite: unit, integration (real Ray + MLflow), end to en
 
 test-fast: venv  ## unit tests only (about a minute)
 	$(BIN)/python -m pytest -m "not slow" -n 2
+
+soak: venv  ## kill a small sweep at 25 random moments, resume it, check every invariant; prints how many held
+	$(BIN)/python -m tests.kill_anywhere --points 25
 
 clean:
 	rm -rf $(VENV) mlflow.db mlruns ray_results .pytest_cache

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from pyarrow.fs import LocalFileSystem
 from ray import tune
 from ray.train import Checkpoint
 
 from rdt_core.config import ExperimentConfig
 from rdt_core.sweep.outbox import Outbox, trial_key
+from rdt_core.sweep.storage import is_local
 from rdt_core.sweep.tracking import metrics_of, per_loop_table
 
 
 def checkpoint_uri(checkpoint: Checkpoint) -> str:
     """Where a checkpoint lives, as a path or a URI (``s3://...``) that ``Checkpoint`` reads back."""
-    if isinstance(checkpoint.filesystem, LocalFileSystem):
+    if is_local(checkpoint.filesystem):
         return checkpoint.path
     return f"{checkpoint.filesystem.type_name}://{checkpoint.path}"
 

@@ -37,6 +37,7 @@ from ray.tune.utils.util import unflatten_dict
 from rdt_core.config import ExperimentConfig
 from rdt_core.report import draw_report
 from rdt_core.sweep.spec import Choice, FloatRange, IntRange, SweepSpec
+from rdt_core.sweep.storage import tune_filesystem
 from rdt_core.sweep.callbacks import MlflowTrialCallback
 from rdt_core.sweep.outbox import PARENT, Outbox, outbox_path
 from rdt_core.sweep.tracking import SweepTracker, check_reachable, metrics_of, resolve_tracking_uri
@@ -447,7 +448,8 @@ def run_sweep(plan: SweepPlan, resume: bool = False) -> SweepOutcome:
             ray.init()  # joins RAY_ADDRESS (or the job's cluster) when set, else starts a local Ray
         trainable = make_trainable(spec, plan.storage_path, checkpoint_bytes)
         if tune_trials is not None:  # the searcher, scheduler and callbacks come back from the saved state
-            tuner = tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True, resume_errored=True)
+            tuner = tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True, resume_errored=True,
+                                       storage_filesystem=tune_filesystem(experiment_path))
         else:
             tuner = new_tuner(spec, plan, trainable, study_name, MlflowTrialCallback(Outbox(tracker, spec.name, kept), base))
         results = tuner.fit()
@@ -510,16 +512,17 @@ def was_started(experiment_path: str) -> bool:
     saved its state there."""
     filesystem, path = experiment_file(experiment_path, STARTED_MARK)
     marked = filesystem.get_file_info(path).type != pyarrow.fs.FileType.NotFound
-    return marked or tune.Tuner.can_restore(experiment_path)
+    return marked or tune.Tuner.can_restore(experiment_path, tune_filesystem(experiment_path))
 
 
 def saved_tune_trials(experiment_path: str) -> dict[str, str] | None:
     """The trials in the experiment state Tune saved at ``experiment_path`` (Tune trial id -> status),
     or None when it saved none (a sweep killed before its first trial): that sweep starts afresh."""
-    if not tune.Tuner.can_restore(experiment_path):
+    filesystem = tune_filesystem(experiment_path)
+    if not tune.Tuner.can_restore(experiment_path, filesystem):
         return None
     try:
-        trials = ExperimentAnalysis(experiment_path).trials
+        trials = ExperimentAnalysis(experiment_path, storage_filesystem=filesystem).trials
     except ValueError:  # no experiment state yet
         return None
     return {trial.trial_id: trial.status for trial in trials}
@@ -608,6 +611,7 @@ def new_tuner(spec: SweepSpec, plan: SweepPlan, trainable: Any, study_name: str,
         run_config=tune.RunConfig(
             name=spec.name,
             storage_path=plan.storage_path,
+            storage_filesystem=tune_filesystem(plan.storage_path),  # local files written whole
             callbacks=[callback],
             verbose=1,
             # A trial whose process dies is restarted from its latest checkpoint, up to max_failures times.
