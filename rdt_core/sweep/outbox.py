@@ -193,7 +193,6 @@ class Outbox:
         else:
             raise ValueError(f"{self.path}: unknown write {op!r}")
 
-
     def _not_logged_yet(self, write: dict[str, Any]) -> dict[str, float]:
         """The metrics of a write that its run does not hold yet at the write's step or later."""
         logged = self.logged_steps.get(write["run"])

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import optuna
-import pyarrow.fs
 import ray
 import torch
 import yaml
@@ -30,20 +29,24 @@ from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, HyperBandScheduler
 from ray.tune.search import ConcurrencyLimiter
-from ray.tune import ExperimentAnalysis
-from ray.tune.search.optuna import OptunaSearch
-from ray.tune.utils.util import unflatten_dict
 
 from rdt_core.config import ExperimentConfig
 from rdt_core.report import draw_report
-from rdt_core.sweep.spec import Choice, FloatRange, IntRange, SweepSpec
-from rdt_core.sweep.storage import tune_filesystem
 from rdt_core.sweep.callbacks import MlflowTrialCallback
+from rdt_core.sweep.resume import delete_runs_of_unknown_trials, mark_started, saved_tune_trials, was_started
+from rdt_core.sweep.search import (
+    PruningAwareOptunaSearch,
+    fail_running_trials,
+    make_sampler,
+    pareto_front,
+    tune_search_space,
+)
+from rdt_core.sweep.spec import SweepSpec
+from rdt_core.sweep.storage import tune_filesystem
 from rdt_core.sweep.outbox import PARENT, Outbox, outbox_path
 from rdt_core.sweep.tracking import SweepTracker, check_reachable, metrics_of, resolve_tracking_uri
 from rdt_core.train import (
     CHECKPOINT_FILE,
-    FINAL_REPORT_KEY,
     Reporter,
     evaluate_checkpoint,
     is_resumable,
@@ -65,21 +68,6 @@ class SweepOutcome:
     report_notes: list[str]
     unsent_writes: int  # MLflow writes kept in outbox_path because the store stopped answering
     outbox_path: str
-
-
-def tune_search_space(spec: SweepSpec) -> dict[str, Any]:
-    """The spec's distributions as Tune domains, keyed by dotted config key."""
-    space: dict[str, Any] = {}
-    for key, distribution in spec.search_space.items():
-        if isinstance(distribution, IntRange):
-            space[key] = tune.randint(distribution.low, distribution.high + 1)  # high is inclusive
-        elif isinstance(distribution, FloatRange) and distribution.type == "loguniform":
-            space[key] = tune.loguniform(distribution.low, distribution.high)
-        elif isinstance(distribution, FloatRange):
-            space[key] = tune.uniform(distribution.low, distribution.high)
-        elif isinstance(distribution, Choice):  # grid values too: the GridSampler walks them
-            space[key] = tune.choice(distribution.values)
-    return space
 
 
 def checkpointing_reporter(report: Callable[..., None], checkpoint_type: type) -> Reporter:
@@ -176,110 +164,6 @@ def make_trainable(spec: SweepSpec, storage_path: str, checkpoint_bytes: bytes |
     )
     # The driver only waits on its TorchTrainer; the workers hold the real resources. Tune needs some.
     return tune.with_resources(trainable, {"cpu": 0.01})
-
-
-# The Optuna trial's user attribute naming the Ray Tune trial it belongs to: how ``--resume`` tells the
-# trials an interrupted sweep left RUNNING and that a restored Tune trial continues from those it left behind.
-TUNE_TRIAL_ATTR = "ray.trial_id"
-
-
-class PruningAwareOptunaSearch(OptunaSearch):
-    """OptunaSearch that records a trial stopped early by the scheduler as PRUNED, and keeps the study
-    one Optuna trial per Tune trial across a killed and resumed sweep.
-
-    Ray 2.60's OptunaSearch tells Optuna COMPLETE for every trial that ends without an error, early
-    stopped or not, which feeds truncated runs to TPE as finished ones and misleads the dashboards.
-    A trial that ran to its end sent the summary (``FINAL_REPORT_KEY``) in its last report; one that
-    the scheduler stopped did not.
-
-    A sweep killed after the study gave out a trial but before Tune saved its state leaves that trial
-    RUNNING and unknown to the restored Tune, which asks for one in its place: it gets the abandoned
-    trial. The sampler restored with Tune's state would draw those parameters again for the next one,
-    so it is replaced by ``new_sampler(number of trials so far)``, the sweep's sampler seeded anew. A
-    restored trial may also send again a final report that the study recorded before the kill: it is
-    recorded once.
-    """
-
-    def __init__(self, *args: Any, new_sampler: Callable[[int], optuna.samplers.BaseSampler], **kwargs: Any):
-        super().__init__(*args, sampler=new_sampler(0), **kwargs)
-        self._new_sampler = new_sampler
-        self._abandoned: list[optuna.Trial] | None = None  # found at the first suggestion
-
-    def restore(self, checkpoint_path: str) -> None:
-        super().restore(checkpoint_path)
-        self._abandoned = None  # what the killed sweep left behind is looked for again
-
-    def suggest(self, trial_id: str) -> dict | None:
-        if trial_id not in self._ot_trials and (abandoned := self._next_abandoned()) is not None:
-            self._ot_trials[trial_id] = abandoned
-            abandoned.set_user_attr(TUNE_TRIAL_ATTR, trial_id)
-            return unflatten_dict(abandoned.params)
-        asked = trial_id not in self._ot_trials
-        params = super().suggest(trial_id)
-        if asked and trial_id in self._ot_trials:
-            self._ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ATTR, trial_id)
-        return params
-
-    def _next_abandoned(self) -> optuna.Trial | None:
-        """A RUNNING trial of the study that no trial of this search holds, oldest first."""
-        if self._abandoned is None:
-            held = {trial.number for trial in self._ot_trials.values()}
-            trials = self._ot_study.get_trials(deepcopy=False)
-            self._abandoned = [
-                optuna.Trial(self._ot_study, trial._trial_id)
-                for trial in trials
-                if trial.state == optuna.trial.TrialState.RUNNING and trial.number not in held
-            ]
-            if self._abandoned:
-                self._ot_study.sampler = self._new_sampler(len(trials))
-        return self._abandoned.pop(0) if self._abandoned else None
-
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        try:
-            super().on_trial_result(trial_id, result)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            pass  # a restored trial's report again, after the study recorded its end
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self._ot_trials and trial_id not in self._completed_trials and self._closed_in_study(trial_id):
-            self._completed_trials.add(trial_id)
-            return
-        stopped_early = result is not None and not error and FINAL_REPORT_KEY not in result
-        if stopped_early and trial_id not in self._completed_trials:
-            self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
-            self._completed_trials.add(trial_id)
-            return
-        super().on_trial_complete(trial_id, result=result, error=error)
-
-    def _closed_in_study(self, trial_id: str) -> bool:
-        """Whether the study holds the end of ``trial_id`` already (told before the sweep was killed)."""
-        number = self._ot_trials[trial_id].number
-        return self._ot_study.get_trials(deepcopy=False)[number].state.is_finished()
-
-
-def fail_running_trials(study: optuna.Study) -> int:
-    """At the end of a sweep, mark FAIL each trial still RUNNING: one that a killed sweep gave out and no
-    trial took up again. Returns how many."""
-    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-    for trial in running:
-        study.tell(trial.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
-    return len(running)
-
-
-def make_sampler(spec: SweepSpec, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
-    """The spec's sampler, seeded with its seed (plus ``seed_offset``: a resumed sweep's new stream)."""
-    seed = spec.sampler.seed + seed_offset
-    kind = spec.sampler.type
-    if kind == "grid":
-        grid = {key: dist.bounds() for key, dist in spec.search_space.items()}
-        return optuna.samplers.GridSampler(grid, seed=seed)
-    if kind == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=seed)
-    if kind == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if kind == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed)
 
 
 def make_scheduler(spec: SweepSpec) -> Any:
@@ -489,45 +373,6 @@ def run_sweep(plan: SweepPlan, resume: bool = False) -> SweepOutcome:
             ray.shutdown()
 
 
-STARTED_MARK = "rdt-sweep-started"  # in the Tune experiment directory: written before the parent run
-
-
-def experiment_file(experiment_path: str, name: str) -> tuple[pyarrow.fs.FileSystem, str]:
-    """A file in the Tune experiment directory, a local path or a URI (``s3://...``), and its filesystem."""
-    if "://" in experiment_path:
-        filesystem, path = pyarrow.fs.FileSystem.from_uri(experiment_path)
-        return filesystem, f"{path}/{name}"
-    return pyarrow.fs.LocalFileSystem(), f"{experiment_path}/{name}"
-
-
-def mark_started(experiment_path: str) -> None:
-    filesystem, path = experiment_file(experiment_path, STARTED_MARK)
-    filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with filesystem.open_output_stream(path) as stream:
-        stream.write(b"a sweep started here; python sweeps/run.py SPEC --resume continues it\n")
-
-
-def was_started(experiment_path: str) -> bool:
-    """Whether a sweep started at ``experiment_path``: marked, or (a sweep of an earlier version) Tune
-    saved its state there."""
-    filesystem, path = experiment_file(experiment_path, STARTED_MARK)
-    marked = filesystem.get_file_info(path).type != pyarrow.fs.FileType.NotFound
-    return marked or tune.Tuner.can_restore(experiment_path, tune_filesystem(experiment_path))
-
-
-def saved_tune_trials(experiment_path: str) -> dict[str, str] | None:
-    """The trials in the experiment state Tune saved at ``experiment_path`` (Tune trial id -> status),
-    or None when it saved none (a sweep killed before its first trial): that sweep starts afresh."""
-    filesystem = tune_filesystem(experiment_path)
-    if not tune.Tuner.can_restore(experiment_path, filesystem):
-        return None
-    try:
-        trials = ExperimentAnalysis(experiment_path, storage_filesystem=filesystem).trials
-    except ValueError:  # no experiment state yet
-        return None
-    return {trial.trial_id: trial.status for trial in trials}
-
-
 def open_parent_run(
     tracker: SweepTracker, plan: SweepPlan, base: dict[str, Any], experiment_path: str, resume: bool
 ) -> tuple[str, str]:
@@ -559,18 +404,6 @@ def open_parent_run(
         if name not in logged:
             tracker.client.log_text(parent_run_id, yaml.safe_dump(content, sort_keys=False), name)
     return parent_run_id, study_name
-
-
-def delete_runs_of_unknown_trials(tracker: SweepTracker, tune_trials: dict[str, str]) -> None:
-    """Before a killed sweep resumes: a trial that started after Tune last saved its state is unknown to
-    the restored Tune, which runs a trial in its place. Its child run is deleted, so that each trial of
-    the sweep has one child run."""
-    unknown = [run for run in tracker.children() if run.data.tags.get("ray.trial_id") not in tune_trials]
-    for run in unknown:
-        tracker.client.delete_run(run.info.run_id)
-    if unknown:
-        print(f"--resume: deleted {len(unknown)} child run(s) of trials that started after Tune last saved "
-              "its state; Tune runs trials in their place", flush=True)
 
 
 # At the end of a sweep, how long a store that has gone is waited for before its writes are left kept.
@@ -640,8 +473,3 @@ def draw_phase_diagrams(plan: SweepPlan, parent_run_id: str) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="rdt-report-") as scratch:
         report = draw_report(plan.tracking_uri, plan.spec.name, parent_run_id, list(plan.spec.phase_diagrams), Path(scratch))
     return [*report.notes, *(f"logged diagrams/{path.name}" for path in report.files)]
-
-
-def pareto_front(study: optuna.Study) -> list[dict[str, Any]]:
-    """The non-dominated trials of a multi-objective study: their parameters and objective values."""
-    return [{"params": trial.params, "values": trial.values} for trial in study.best_trials]

@@ -26,7 +26,9 @@ class WholeFile(io.RawIOBase):
     def __init__(self, path: str):
         super().__init__()
         self.path = path
-        handle, self.scratch = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=f".{os.path.basename(path)}.")
+        folder = os.path.dirname(path) or "."
+        os.makedirs(folder, exist_ok=True)  # as pyarrow's copy_files expects of a local filesystem
+        handle, self.scratch = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.")
         self.file = os.fdopen(handle, "wb")
 
     def writable(self) -> bool:

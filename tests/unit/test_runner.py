@@ -1,17 +1,12 @@
-"""Pure wiring of rdt_core.sweep.runner: samplers, schedulers, storage paths (no Ray started)."""
+"""Wiring of rdt_core.sweep.runner and .search: samplers, schedulers, storage paths, and the searcher on a
+real Optuna storage (no Ray started)."""
 
 import optuna
 import pytest
 from ray.tune.schedulers import ASHAScheduler, HyperBandScheduler
 
-from rdt_core.sweep.runner import (
-    PruningAwareOptunaSearch,
-    default_optuna_storage,
-    fail_running_trials,
-    make_sampler,
-    make_scheduler,
-    resolve_storage_path,
-)
+from rdt_core.sweep.runner import default_optuna_storage, make_scheduler, resolve_storage_path
+from rdt_core.sweep.search import PruningAwareOptunaSearch, fail_running_trials, make_sampler
 from rdt_core.train import FINAL_REPORT_KEY
 from rdt_core.sweep.spec import validate_spec
 from tests.helpers import load_smoke_spec

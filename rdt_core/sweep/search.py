@@ -1,0 +1,138 @@
+"""The search side of a sweep: the spec's space as Tune domains, its Optuna sampler, and Ray Tune's Optuna
+searcher made to record early-stopped trials as PRUNED and to keep the study whole across a killed and
+resumed sweep."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import optuna
+from ray import tune
+from ray.tune.search.optuna import OptunaSearch
+from ray.tune.utils.util import unflatten_dict
+
+from rdt_core.sweep.spec import Choice, FloatRange, IntRange, SweepSpec
+from rdt_core.train import FINAL_REPORT_KEY
+
+
+def tune_search_space(spec: SweepSpec) -> dict[str, Any]:
+    """The spec's distributions as Tune domains, keyed by dotted config key."""
+    space: dict[str, Any] = {}
+    for key, distribution in spec.search_space.items():
+        if isinstance(distribution, IntRange):
+            space[key] = tune.randint(distribution.low, distribution.high + 1)  # high is inclusive
+        elif isinstance(distribution, FloatRange) and distribution.type == "loguniform":
+            space[key] = tune.loguniform(distribution.low, distribution.high)
+        elif isinstance(distribution, FloatRange):
+            space[key] = tune.uniform(distribution.low, distribution.high)
+        elif isinstance(distribution, Choice):  # grid values too: the GridSampler walks them
+            space[key] = tune.choice(distribution.values)
+    return space
+
+
+# The Optuna trial's user attribute naming its Ray Tune trial, as the child run's tag of the same name does.
+TUNE_TRIAL_ATTR = "ray.trial_id"
+
+
+class PruningAwareOptunaSearch(OptunaSearch):
+    """OptunaSearch that records a trial stopped early by the scheduler as PRUNED, and keeps the study
+    one Optuna trial per Tune trial across a killed and resumed sweep.
+
+    Ray 2.60's OptunaSearch tells Optuna COMPLETE for every trial that ends without an error, early
+    stopped or not, which feeds truncated runs to TPE as finished ones and misleads the dashboards.
+    A trial that ran to its end sent the summary (``FINAL_REPORT_KEY``) in its last report; one that
+    the scheduler stopped did not.
+
+    A sweep killed after the study gave out a trial but before Tune saved its state leaves that trial
+    RUNNING and unknown to the restored Tune, which asks for one in its place: it gets the abandoned
+    trial. The sampler restored with Tune's state would draw those parameters again for the next one,
+    so it is replaced by ``new_sampler(number of trials so far)``, the sweep's sampler seeded anew. A
+    restored trial may also send again a final report that the study recorded before the kill: it is
+    recorded once.
+    """
+
+    def __init__(self, *args: Any, new_sampler: Callable[[int], optuna.samplers.BaseSampler], **kwargs: Any):
+        super().__init__(*args, sampler=new_sampler(0), **kwargs)
+        self._new_sampler = new_sampler
+        self._abandoned: list[optuna.Trial] | None = None  # found at the first suggestion
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        self._abandoned = None  # what the killed sweep left behind is looked for again
+
+    def suggest(self, trial_id: str) -> dict | None:
+        if trial_id not in self._ot_trials and (abandoned := self._next_abandoned()) is not None:
+            self._ot_trials[trial_id] = abandoned
+            abandoned.set_user_attr(TUNE_TRIAL_ATTR, trial_id)
+            return unflatten_dict(abandoned.params)
+        asked = trial_id not in self._ot_trials
+        params = super().suggest(trial_id)
+        if asked and trial_id in self._ot_trials:
+            self._ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ATTR, trial_id)
+        return params
+
+    def _next_abandoned(self) -> optuna.Trial | None:
+        """A RUNNING trial of the study that no trial of this search holds, oldest first."""
+        if self._abandoned is None:
+            held = {trial.number for trial in self._ot_trials.values()}
+            trials = self._ot_study.get_trials(deepcopy=False)
+            self._abandoned = [
+                optuna.Trial(self._ot_study, trial._trial_id)
+                for trial in trials
+                if trial.state == optuna.trial.TrialState.RUNNING and trial.number not in held
+            ]
+            if self._abandoned:
+                self._ot_study.sampler = self._new_sampler(len(trials))
+        return self._abandoned.pop(0) if self._abandoned else None
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        try:
+            super().on_trial_result(trial_id, result)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # a restored trial's report again, after the study recorded its end
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._ot_trials and trial_id not in self._completed_trials and self._closed_in_study(trial_id):
+            self._completed_trials.add(trial_id)
+            return
+        stopped_early = result is not None and not error and FINAL_REPORT_KEY not in result
+        if stopped_early and trial_id not in self._completed_trials:
+            self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
+            self._completed_trials.add(trial_id)
+            return
+        super().on_trial_complete(trial_id, result=result, error=error)
+
+    def _closed_in_study(self, trial_id: str) -> bool:
+        """Whether the study holds the end of ``trial_id`` already (told before the sweep was killed)."""
+        number = self._ot_trials[trial_id].number
+        return self._ot_study.get_trials(deepcopy=False)[number].state.is_finished()
+
+
+def fail_running_trials(study: optuna.Study) -> int:
+    """At the end of a sweep, mark FAIL each trial still RUNNING: one that a killed sweep gave out and no
+    trial took up again. Returns how many."""
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    for trial in running:
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+    return len(running)
+
+
+def make_sampler(spec: SweepSpec, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
+    """The spec's sampler, seeded with its seed (plus ``seed_offset``: a resumed sweep's new stream)."""
+    seed = spec.sampler.seed + seed_offset
+    kind = spec.sampler.type
+    if kind == "grid":
+        grid = {key: dist.bounds() for key, dist in spec.search_space.items()}
+        return optuna.samplers.GridSampler(grid, seed=seed)
+    if kind == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed)
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if kind == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def pareto_front(study: optuna.Study) -> list[dict[str, Any]]:
+    """The non-dominated trials of a multi-objective study: their parameters and objective values."""
+    return [{"params": trial.params, "values": trial.values} for trial in study.best_trials]
