@@ -135,6 +135,7 @@ def run_data_parallel_trial(
         run_config=ray_train.RunConfig(
             name=f"train-{tune.get_context().get_trial_id()}",
             storage_path=storage_path,
+            storage_filesystem=tune_filesystem(storage_path),  # local files written whole, as Tune's
             callbacks=[TuneReportCallback()],
             failure_config=ray_train.FailureConfig(max_failures=max_failures),
             checkpoint_config=ray_train.CheckpointConfig(num_to_keep=1),

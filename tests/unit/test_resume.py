@@ -1,0 +1,22 @@
+"""What --resume reads of a killed sweep, on a real SQLite MLflow store and a real folder (no Ray started)."""
+
+from rdt_core.sweep.resume import delete_runs_of_unknown_trials, mark_started, saved_tune_trials, was_started
+from rdt_core.sweep.tracking import SweepTracker
+
+
+def test_a_sweep_is_resumable_from_the_moment_it_marks_its_start_before_tune_saves_anything(tmp_path):
+    experiment = str(tmp_path / "ray_results" / "sweep")
+    assert not was_started(experiment)
+    mark_started(experiment)  # killed right after: no parent run, no Tune state yet
+    assert was_started(experiment)
+    assert saved_tune_trials(experiment) is None  # --resume then starts the sweep afresh, same parent
+
+
+def test_child_runs_of_trials_tune_never_saved_are_deleted_and_the_others_kept(tmp_path, capsys):
+    tracker = SweepTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "sweep")
+    tracker.start_parent("sweep", params={}, tags={})
+    for trial_id in ("known", "unknown"):
+        tracker.start_child(f"sweep-{trial_id}", params={}, tags={"ray.trial_id": trial_id})
+    delete_runs_of_unknown_trials(tracker, {"known": "RUNNING"})
+    assert [run.data.tags["ray.trial_id"] for run in tracker.children()] == ["known"]
+    assert "deleted 1 child run" in capsys.readouterr().out
