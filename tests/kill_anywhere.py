@@ -7,7 +7,8 @@ One *kill point* is a seed. The seed draws what is killed and when:
   soon as a trial's final report reaches Tune (while the driver logs it to MLflow and tells Optuna); then
   ``--resume``, which may be killed again the same way; then a last ``--resume`` left to finish;
 - ``worker``: one trial's worker process, at a random time (Tune restarts the trial from its checkpoint);
-- ``server``: the MLflow tracking server, at a random time, started again on its port a few seconds later.
+- ``server``: the MLflow tracking server, at a random time, started again on its port a few seconds later
+  (a sweep that finds it down as it begins stops before any trial, as documented, and is run again).
 Then every invariant of ``violations`` is checked. Used by ``tests/integration/test_kill_anywhere.py``
 (a few seeds) and by ``make soak`` (``python -m tests.kill_anywhere --points 25``), which prints how many
 kill points held.
@@ -111,6 +112,11 @@ class Sweep:
             self.kill()  # its Ray, whatever happened
 
 
+def started(workdir: Path) -> bool:
+    """Whether the sweep got as far as marking its start (after which ``--resume`` continues it)."""
+    return (workdir / "ray_results" / NAME / STARTED_MARK).exists()
+
+
 def checkpoints_in_storage(workdir: Path) -> set[str]:
     """The trials' checkpoint folders now in storage (Tune keeps the latest of each trial)."""
     return {str(path) for path in (workdir / "ray_results" / NAME).glob("trial-*/checkpoint_*")}
@@ -182,7 +188,7 @@ def run_kill_point(point: KillPoint, workdir: Path) -> tuple[list[str], list[str
                 log.append(f"run {runs}: killed {moment}" if came else f"run {runs}: ended before the kill")
                 # Killed before it began (it marks its start in storage first), the sweep is run again as
                 # it was: --resume would say that there is nothing to resume.
-                sweep = start(resume=(workdir / "ray_results" / NAME / STARTED_MARK).exists())
+                sweep = start(resume=started(workdir))
         else:
             moment, delay = point.kills[0]
             if wait_for_moment(sweep, moment, delay):
@@ -199,6 +205,12 @@ def run_kill_point(point: KillPoint, workdir: Path) -> tuple[list[str], list[str
             else:
                 log.append("the sweep ended before the kill")
         returncode = sweep.wait()
+        if returncode == 1 and "does not answer" in sweep.out.read_text():
+            # The server was down as the sweep began: it stopped before any trial, as documented, and is
+            # run again now that the server is back (with --resume if it got as far as marking its start).
+            log.append(f"run {runs} stopped on a server that was down as it began")
+            sweep = start(resume=started(workdir))
+            returncode = sweep.wait()
         log.append(f"run {runs} (last) exited {returncode}")
         problems = [] if returncode == 0 else [f"the last run exited {returncode}: {tail(sweep.out)}"]
         return log, problems + violations(tracking_uri, workdir)

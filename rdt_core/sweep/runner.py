@@ -44,7 +44,13 @@ from rdt_core.sweep.search import (
 from rdt_core.sweep.spec import SweepSpec
 from rdt_core.sweep.storage import tune_filesystem
 from rdt_core.sweep.outbox import PARENT, Outbox, outbox_path
-from rdt_core.sweep.tracking import SweepTracker, check_reachable, metrics_of, resolve_tracking_uri
+from rdt_core.sweep.tracking import (
+    SweepTracker,
+    check_reachable,
+    metrics_of,
+    resolve_tracking_uri,
+    store_must_answer,
+)
 from rdt_core.train import (
     CHECKPOINT_FILE,
     Reporter,
@@ -312,16 +318,17 @@ def run_sweep(plan: SweepPlan, resume: bool = False) -> SweepOutcome:
     # checkpoint, as it must so that the state never names a deleted checkpoint; its warning about that,
     # three lines per evaluation of every trial, says nothing a user can act on.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    tracker = SweepTracker(plan.tracking_uri, spec.name)
-    checkpoint_bytes = trained_checkpoint(spec, tracker)
-    base = spec.base if checkpoint_bytes is None else read_checkpoint_config(io.BytesIO(checkpoint_bytes)).model_dump()
-    mark_started(experiment_path)  # before the parent run: from here on, --resume finds what it needs
-    parent_run_id, study_name = open_parent_run(tracker, plan, base, experiment_path, resume)
-    outbox = Outbox(tracker, spec.name, kept)
-    outbox.flush()  # what a resumed sweep's first driver could not send
-    tune_trials = saved_tune_trials(experiment_path) if resume else None
-    if resume:
-        delete_runs_of_unknown_trials(tracker, tune_trials or {})
+    with store_must_answer(plan.tracking_uri):
+        tracker = SweepTracker(plan.tracking_uri, spec.name)
+        checkpoint_bytes = trained_checkpoint(spec, tracker)
+        base = spec.base if checkpoint_bytes is None else read_checkpoint_config(io.BytesIO(checkpoint_bytes)).model_dump()
+        mark_started(experiment_path)  # before the parent run: from here on, --resume finds what it needs
+        parent_run_id, study_name = open_parent_run(tracker, plan, base, experiment_path, resume)
+        outbox = Outbox(tracker, spec.name, kept)
+        outbox.flush()  # what a resumed sweep's first driver could not send
+        tune_trials = saved_tune_trials(experiment_path) if resume else None
+        if resume:
+            delete_runs_of_unknown_trials(tracker, tune_trials or {})
 
     # CPU, memory, disk, network (and GPU where present) of the driver's node, as system/* metrics.
     system_metrics = SystemMetricsMonitor(parent_run_id, sampling_interval=10, tracking_uri=plan.tracking_uri)

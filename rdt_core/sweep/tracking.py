@@ -10,9 +10,11 @@ from __future__ import annotations
 import os
 import time
 import urllib.request
-from typing import Any, Mapping
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping
 
 from mlflow.entities import Metric, Param, Run, RunStatus
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
@@ -51,6 +53,22 @@ def check_reachable(tracking_uri: str, timeout_s: float = 10.0) -> None:
     except OSError as error:
         problem = str(getattr(error, "reason", error))
     raise TrackingUnavailable(f"MLflow tracking server {tracking_uri} does not answer ({problem})")
+
+
+@contextmanager
+def store_must_answer(tracking_uri: str) -> Iterator[None]:
+    """For the writes that come before the outbox takes over (the experiment, the parent run): a server
+    that stops answering then stops the sweep like one that was down from the start (``TrackingUnavailable``),
+    not with a traceback."""
+    try:
+        yield
+    except MlflowException as error:
+        if store_answers(tracking_uri):
+            raise
+        raise TrackingUnavailable(
+            f"MLflow tracking server {tracking_uri} does not answer (it stopped before the sweep began: "
+            f"{str(error)[:120]})"
+        ) from None
 
 
 def metrics_of(result: Mapping[str, Any]) -> dict[str, float]:

@@ -1,7 +1,11 @@
 """What --resume reads of a killed sweep, on a real SQLite MLflow store and a real folder (no Ray started)."""
 
+import pytest
+from mlflow.exceptions import MlflowException
+
 from rdt_core.sweep.resume import delete_runs_of_unknown_trials, mark_started, saved_tune_trials, was_started
-from rdt_core.sweep.tracking import SweepTracker
+from rdt_core.sweep.tracking import SweepTracker, TrackingUnavailable, store_must_answer
+from tests.helpers import free_port
 
 
 def test_a_sweep_is_resumable_from_the_moment_it_marks_its_start_before_tune_saves_anything(tmp_path):
@@ -20,3 +24,12 @@ def test_child_runs_of_trials_tune_never_saved_are_deleted_and_the_others_kept(t
     delete_runs_of_unknown_trials(tracker, {"known": "RUNNING"})
     assert [run.data.tags["ray.trial_id"] for run in tracker.children()] == ["known"]
     assert "deleted 1 child run" in capsys.readouterr().out
+
+
+def test_a_server_that_stops_before_the_outbox_takes_over_stops_the_sweep_in_one_line():
+    with pytest.raises(TrackingUnavailable, match="does not answer"):
+        with store_must_answer(f"http://127.0.0.1:{free_port()}"):  # nothing listens there
+            raise MlflowException("API request failed: Connection refused")
+    with pytest.raises(MlflowException, match="refused for its own reasons"):  # a store that answers
+        with store_must_answer("sqlite:///answers.db"):
+            raise MlflowException("refused for its own reasons")
