@@ -32,7 +32,7 @@ import optuna
 import psutil
 from mlflow.tracking import MlflowClient
 
-from rdt_core.sweep.runner import STARTED_MARK
+from rdt_core.sweep.resume import STARTED_MARK
 from tests.helpers import (
     RUN_PY,
     free_port,
