@@ -124,6 +124,22 @@ def stop_ray_started_in(temp_dir: str) -> None:
             pass
 
 
+def ray_actor_pids(ray_temp_dir: str, actor_class: str) -> list[int]:
+    """The processes of Ray actors of ``actor_class`` (``ImplicitFunc``: a Tune trial; ``RayTrainWorker``)
+    of the Ray whose temp dir is ``ray_temp_dir``: their titles name the actor class, and they descend
+    from that Ray's raylet, whose command line names the temp dir."""
+    found = set()
+    for process in psutil.process_iter(["cmdline"]):
+        if any(ray_temp_dir in part for part in process.info["cmdline"] or []):
+            for child in process.children(recursive=True):
+                try:
+                    if actor_class in " ".join(child.cmdline()):
+                        found.add(child.pid)
+                except psutil.NoSuchProcess:
+                    pass
+    return sorted(found)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
-import psutil
 from mlflow.tracking import MlflowClient
 
 from rdt_core.sweep.resume import STARTED_MARK
@@ -38,6 +37,7 @@ from tests.helpers import (
     free_port,
     isolated_env,
     load_smoke_spec,
+    ray_actor_pids,
     start_tracking_server,
     stop_ray_started_in,
     stop_tracking_server,
@@ -146,20 +146,6 @@ def wait_for_moment(sweep: Sweep, moment: str, value: float) -> bool:
     return moment == "any time"
 
 
-def trial_worker_pids(ray_temp_dir: str) -> list[int]:
-    """The Tune trial actors (``ray::ImplicitFunc``) of the Ray whose temp dir is ``ray_temp_dir``."""
-    found = set()
-    for process in psutil.process_iter(["cmdline"]):
-        if any(ray_temp_dir in part for part in process.info["cmdline"] or []):
-            for child in process.children(recursive=True):
-                try:
-                    if "ImplicitFunc" in " ".join(child.cmdline()):
-                        found.add(child.pid)
-                except psutil.NoSuchProcess:
-                    pass
-    return sorted(found)
-
-
 def run_kill_point(point: KillPoint, workdir: Path) -> tuple[list[str], list[str]]:
     """Run the sweep under ``point``'s kills and resumes; returns (what happened, invariant violations)."""
     spec_path = sweep_spec(workdir)
@@ -193,7 +179,7 @@ def run_kill_point(point: KillPoint, workdir: Path) -> tuple[list[str], list[str
             moment, delay = point.kills[0]
             if wait_for_moment(sweep, moment, delay):
                 if point.target == "worker":
-                    workers = trial_worker_pids(sweep.env["RAY_TMPDIR"])
+                    workers = ray_actor_pids(sweep.env["RAY_TMPDIR"], "ImplicitFunc")  # Tune trials
                     if workers:
                         os.kill(random.Random(point.seed).choice(workers), signal.SIGKILL)
                     log.append(f"killed a trial worker of {len(workers)} at {delay:.1f} s")

@@ -10,12 +10,11 @@ import signal
 from pathlib import Path
 from typing import Callable
 
-import psutil
 import pytest
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import isolated_env, load_smoke_spec, sweep_with_an_event, write_spec
+from tests.helpers import isolated_env, load_smoke_spec, ray_actor_pids, sweep_with_an_event, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -102,24 +101,9 @@ def test_a_killed_trial_worker_resumes_from_its_checkpoint_into_one_finished_run
     assert child.data.tags["ray.restarts"] == "1"
 
 
-def train_worker_pids(ray_temp_dir: str) -> list[int]:
-    """Ray Train's worker processes of the Ray whose temp dir is ``ray_temp_dir`` (their titles name the
-    actor class; they descend from that Ray's raylet, whose command line names the temp dir)."""
-    found = set()
-    for process in psutil.process_iter(["cmdline"]):
-        if any(ray_temp_dir in part for part in process.info["cmdline"] or []):
-            for child in process.children(recursive=True):
-                try:
-                    if "RayTrainWorker" in " ".join(child.cmdline()):
-                        found.add(child.pid)
-                except psutil.NoSuchProcess:
-                    pass
-    return sorted(found)
-
-
 def test_a_killed_data_parallel_worker_resumes_the_group_from_its_checkpoint(tmp_path):
     def kill_one_train_worker(checkpointed: dict, ray_temp_dir: str) -> None:
-        workers = train_worker_pids(ray_temp_dir)
+        workers = ray_actor_pids(ray_temp_dir, "RayTrainWorker")
         assert len(workers) == 2, f"expected 2 Ray Train workers, found {workers}"
         os.kill(workers[-1], signal.SIGKILL)
 
