@@ -20,10 +20,11 @@ $(VENV)/.installed: pyproject.toml
 demo: venv  ## the smoke sweep on an embedded local Ray, logging to sqlite:///mlflow.db
 	$(BIN)/python sweeps/run.py sweeps/smoke.yaml
 
-# Two test processes (pytest-xdist): most of a sweep test is waiting on process start-up, so two at once
-# fit 2 cores. Each test starts its own Ray in its own temp dir, so they do not meet. More would not fit.
+# Three test processes (pytest-xdist): most of a sweep test is waiting on processes starting (the suite
+# keeps 2 cores busy a third of the time), so three at once fit 2 cores: 827 s against 919 s for two.
+# Each test starts its own Ray in its own temp dir, so they do not meet.
 test: venv  ## the whole suite: unit, integration (real Ray + MLflow), end to end (ray job submit)
-	$(BIN)/python -m pytest -n 2
+	$(BIN)/python -m pytest -n 3
 
 test-fast: venv  ## unit tests only (about a minute)
 	$(BIN)/python -m pytest -m "not slow" -n 2

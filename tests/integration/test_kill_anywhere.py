@@ -10,8 +10,9 @@ from tests.kill_anywhere import KillPoint, run_kill_point
 pytestmark = pytest.mark.slow
 
 # Seed 3 kills the driver as a trial's final report arrives (the moment of the reported bug), then its
-# --resume at a checkpoint; seed 9 kills a trial's worker mid-training; seed 5 crashes the tracking server.
-SEEDS = {3: "driver", 9: "worker", 5: "server"}
+# --resume at a checkpoint; seed 9 kills a trial's worker mid-training. A server crash costs two minutes
+# here: CI has one at a chosen moment (test_tracking_server); make soak crashes it at random moments.
+SEEDS = {3: "driver", 9: "worker"}
 
 
 @pytest.mark.parametrize("seed", SEEDS, ids=[f"{target}-seed-{seed}" for seed, target in SEEDS.items()])
