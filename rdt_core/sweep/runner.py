@@ -28,14 +28,20 @@ from ray import tune
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, HyperBandScheduler
-from ray.tune.search import ConcurrencyLimiter
 
 from rdt_core.config import ExperimentConfig
 from rdt_core.report import draw_report
 from rdt_core.sweep.callbacks import MlflowTrialCallback
-from rdt_core.sweep.resume import delete_runs_of_unknown_trials, mark_started, saved_tune_trials, was_started
+from rdt_core.sweep.resume import (
+    delete_runs_of_unknown_trials,
+    mark_started,
+    put_back_lost_checkpoints,
+    saved_tune_trials,
+    was_started,
+)
 from rdt_core.sweep.search import (
     PruningAwareOptunaSearch,
+    ResumableConcurrencyLimiter,
     fail_running_trials,
     make_sampler,
     pareto_front,
@@ -328,7 +334,8 @@ def run_sweep(plan: SweepPlan, resume: bool = False) -> SweepOutcome:
         outbox.flush()  # what a resumed sweep's first driver could not send
         tune_trials = saved_tune_trials(experiment_path) if resume else None
         if resume:
-            delete_runs_of_unknown_trials(tracker, tune_trials or {})
+            delete_runs_of_unknown_trials(tracker, tune_trials or [])
+            put_back_lost_checkpoints(tune_trials or [])
 
     # CPU, memory, disk, network (and GPU where present) of the driver's node, as system/* metrics.
     system_metrics = SystemMetricsMonitor(parent_run_id, sampling_interval=10, tracking_uri=plan.tracking_uri)
@@ -442,7 +449,7 @@ def new_tuner(spec: SweepSpec, plan: SweepPlan, trainable: Any, study_name: str,
         trainable,
         param_space=tune_search_space(spec),
         tune_config=tune.TuneConfig(
-            search_alg=ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent_trials),
+            search_alg=ResumableConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent_trials),
             scheduler=make_scheduler(spec),
             num_samples=spec.trial_count(),
             metric=metrics[0] if single else None,

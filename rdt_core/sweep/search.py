@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 import optuna
 from ray import tune
+from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.utils.util import unflatten_dict
 
@@ -92,8 +93,13 @@ class PruningAwareOptunaSearch(OptunaSearch):
             pass  # a restored trial's report again, after the study recorded its end
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self._ot_trials and trial_id not in self._completed_trials and self._closed_in_study(trial_id):
+        if trial_id not in self._ot_trials:
+            return  # never suggested by this search
+        closed = self._closed_in_study(trial_id)
+        if closed is not None:  # the study recorded its end before the sweep was killed
             self._completed_trials.add(trial_id)
+            if closed == optuna.trial.TrialState.FAIL and not error and result and FINAL_REPORT_KEY in result:
+                self._record_completed_again(trial_id, result)
             return
         stopped_early = result is not None and not error and FINAL_REPORT_KEY not in result
         if stopped_early and trial_id not in self._completed_trials:
@@ -102,10 +108,35 @@ class PruningAwareOptunaSearch(OptunaSearch):
             return
         super().on_trial_complete(trial_id, result=result, error=error)
 
-    def _closed_in_study(self, trial_id: str) -> bool:
-        """Whether the study holds the end of ``trial_id`` already (told before the sweep was killed)."""
-        number = self._ot_trials[trial_id].number
-        return self._ot_study.get_trials(deepcopy=False)[number].state.is_finished()
+    def _closed_in_study(self, trial_id: str) -> optuna.trial.TrialState | None:
+        """How the study recorded the end of ``trial_id`` already (before the sweep was killed), if it did."""
+        state = self._ot_study.get_trials(deepcopy=False)[self._ot_trials[trial_id].number].state
+        return state if state.is_finished() else None
+
+    def _record_completed_again(self, trial_id: str, result: dict) -> None:
+        """A trial that failed for good, then ran to its end after ``--resume``: the study cannot reopen
+        the FAIL trial, so it records the completed one as a new trial with the same parameters."""
+        trials = self._ot_study.get_trials(deepcopy=False)
+        if any(trial.user_attrs.get(TUNE_TRIAL_ATTR) == trial_id and trial.state.name == "COMPLETE" for trial in trials):
+            return  # recorded by an earlier resume
+        failed = trials[self._ot_trials[trial_id].number]
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        self._ot_study.add_trial(optuna.trial.create_trial(
+            params=failed.params, distributions=failed.distributions, values=[result[m] for m in metrics],
+            user_attrs={TUNE_TRIAL_ATTR: trial_id},
+        ))
+
+
+class ResumableConcurrencyLimiter(ConcurrencyLimiter):
+    """Ray's ConcurrencyLimiter, except that it also passes on the end of a trial it no longer counts as
+    running: one that failed for good, then ran to its end after ``--resume``. Ray's drops that end, and
+    the study would never hear of the completion."""
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self.live_trials or self.batch:
+            super().on_trial_complete(trial_id, result=result, error=error)
+        else:
+            self.searcher.on_trial_complete(trial_id, result=result, error=error)
 
 
 def fail_running_trials(study: optuna.Study) -> int:

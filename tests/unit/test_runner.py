@@ -6,7 +6,12 @@ import pytest
 from ray.tune.schedulers import ASHAScheduler, HyperBandScheduler
 
 from rdt_core.sweep.runner import default_optuna_storage, make_scheduler, resolve_storage_path
-from rdt_core.sweep.search import PruningAwareOptunaSearch, fail_running_trials, make_sampler
+from rdt_core.sweep.search import (
+    PruningAwareOptunaSearch,
+    ResumableConcurrencyLimiter,
+    fail_running_trials,
+    make_sampler,
+)
 from rdt_core.train import FINAL_REPORT_KEY
 from rdt_core.sweep.spec import validate_spec
 from tests.helpers import load_smoke_spec
@@ -105,3 +110,30 @@ def test_a_final_report_sent_again_after_a_resume_is_recorded_once(tmp_path):
         (optuna.trial.TrialState.COMPLETE, 0.5), (optuna.trial.TrialState.RUNNING, None)]
     assert fail_running_trials(study) == 1
     assert study.trials[1].state == optuna.trial.TrialState.FAIL
+
+
+def test_a_trial_that_failed_for_good_then_completed_after_a_resume_counts_as_completed(tmp_path):
+    storage, saved = f"sqlite:///{tmp_path / 'optuna.db'}", tmp_path / "searcher.pkl"
+    killed = searcher_over(storage, "sweep")
+    params = killed.suggest("a")
+    killed.on_trial_complete("a", error=True)  # out of restarts: FAIL
+    killed.save(str(saved))
+
+    for _ in range(2):  # resumed twice, each time the trial's final report comes again
+        resumed = searcher_over(storage, "sweep")
+        resumed.restore(str(saved))
+        resumed.on_trial_complete("a", {"acc": 0.5, FINAL_REPORT_KEY: 1.0, "training_iteration": 3})
+    study = optuna.load_study(study_name="sweep", storage=storage)
+    assert [trial.state.name for trial in study.trials] == ["FAIL", "COMPLETE"]
+    assert study.trials[1].params == params and study.trials[1].value == 0.5
+    assert study.trials[1].user_attrs["ray.trial_id"] == "a"
+
+
+def test_the_concurrency_limiter_passes_on_the_completion_of_a_trial_that_had_failed(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    limiter = ResumableConcurrencyLimiter(searcher_over(storage, "sweep"), max_concurrent=1)
+    limiter.suggest("a")
+    limiter.on_trial_complete("a", error=True)  # out of restarts: no longer counted as running
+    limiter.on_trial_complete("a", {"acc": 0.5, FINAL_REPORT_KEY: 1.0, "training_iteration": 3})  # after --resume
+    study = optuna.load_study(study_name="sweep", storage=storage)
+    assert [trial.state.name for trial in study.trials] == ["FAIL", "COMPLETE"]
