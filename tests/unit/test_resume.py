@@ -5,7 +5,14 @@ from types import SimpleNamespace
 import pytest
 from mlflow.exceptions import MlflowException
 
-from rdt_core.sweep.resume import delete_runs_of_unknown_trials, mark_started, saved_tune_trials, was_started
+from rdt_core.sweep.resume import (
+    delete_runs_of_unknown_trials,
+    mark_started,
+    put_back_lost_checkpoints,
+    saved_tune_trials,
+    was_started,
+)
+from rdt_core.sweep.storage import tune_filesystem
 from rdt_core.sweep.tracking import SweepTracker, TrackingUnavailable, store_must_answer
 from tests.helpers import free_port
 
@@ -35,3 +42,24 @@ def test_a_server_that_stops_before_the_outbox_takes_over_stops_the_sweep_in_one
     with pytest.raises(MlflowException, match="refused for its own reasons"):  # a store that answers
         with store_must_answer("sqlite:///answers.db"):
             raise MlflowException("refused for its own reasons")
+
+
+def test_a_checkpoint_the_saved_state_names_but_a_kill_deleted_is_put_back(tmp_path):
+    """Tune deleted checkpoint_000004 on registering checkpoint_000005, and was killed before it saved the
+    state naming 000005: the trial resumes from a copy of 000005 (or starts again where there is none)."""
+    filesystem = tune_filesystem(str(tmp_path))
+    newest = tmp_path / "trial-a" / "checkpoint_000005"
+    newest.mkdir(parents=True)
+    (newest / "model.pt").write_bytes(b"the final model")
+    (tmp_path / "trial-b").mkdir()
+
+    def saved(trial_id: str, status: str, checkpoint: str) -> SimpleNamespace:
+        return SimpleNamespace(trial_id=trial_id, status=status,
+                               checkpoint=SimpleNamespace(filesystem=filesystem, path=str(tmp_path / checkpoint)))
+
+    put_back_lost_checkpoints([saved("a", "RUNNING", "trial-a/checkpoint_000004"),
+                               saved("b", "PENDING", "trial-b/checkpoint_000002"),
+                               saved("c", "TERMINATED", "trial-c/checkpoint_000009")])
+    assert (tmp_path / "trial-a" / "checkpoint_000004" / "model.pt").read_bytes() == b"the final model"
+    assert list((tmp_path / "trial-b" / "checkpoint_000002").iterdir()) == []  # not resumable: starts again
+    assert not (tmp_path / "trial-c").exists()  # finished: Tune will not restore it
