@@ -9,7 +9,7 @@ from ray import tune
 from ray.tune import ExperimentAnalysis
 from ray.tune.experiment import Trial
 
-from rdt_core.sweep.storage import tune_filesystem
+from rdt_core.sweep.storage import filesystem_and_path, tune_filesystem
 from rdt_core.sweep.tracking import SweepTracker
 
 
@@ -17,11 +17,9 @@ STARTED_MARK = "rdt-sweep-started"  # in the Tune experiment directory: written 
 
 
 def experiment_file(experiment_path: str, name: str) -> tuple[pyarrow.fs.FileSystem, str]:
-    """A file in the Tune experiment directory, a local path or a URI (``s3://...``), and its filesystem."""
-    if "://" in experiment_path:
-        filesystem, path = pyarrow.fs.FileSystem.from_uri(experiment_path)
-        return filesystem, f"{path}/{name}"
-    return pyarrow.fs.LocalFileSystem(), f"{experiment_path}/{name}"
+    """A file in the Tune experiment directory (a local path or a URI), and its filesystem."""
+    filesystem, path = filesystem_and_path(experiment_path)
+    return filesystem, f"{path}/{name}"
 
 
 def mark_started(experiment_path: str) -> None:

@@ -114,6 +114,13 @@ def tune_filesystem(storage_path: str) -> pyarrow.fs.FileSystem | None:
     return None if "://" in storage_path else pyarrow.fs.PyFileSystem(WholeFileWrites())
 
 
+def filesystem_and_path(path_or_uri: str) -> tuple[pyarrow.fs.FileSystem, str]:
+    """Where to write a file of the sweep's storage by hand: a local path through whole-file writes, a
+    URI (``s3://...``) through its own filesystem."""
+    filesystem = tune_filesystem(path_or_uri)
+    return pyarrow.fs.FileSystem.from_uri(path_or_uri) if filesystem is None else (filesystem, path_or_uri)
+
+
 def is_local(filesystem: pyarrow.fs.FileSystem) -> bool:
     """Whether paths on ``filesystem`` are paths on this machine's disks."""
     if isinstance(filesystem, pyarrow.fs.PyFileSystem):
