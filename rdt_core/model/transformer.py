@@ -149,6 +149,7 @@ class RecurrentDepthTransformer(nn.Module):
         hook: Hook | None = None,
     ) -> torch.Tensor:
         """Loop ``loop`` (1-based): state (B, T, D) -> state (B, T, D)."""
+        injected = run_hook(hook, f"loop.{loop}.injected", injected)
         state = run_hook(hook, f"loop.{loop}.resid_pre", state + injected)
         for layer in self.core[0 if self.is_looped else loop - 1]:
             state = layer(state, attn_mask)
