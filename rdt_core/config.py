@@ -37,13 +37,23 @@ class DataConfig(StrictModel):
     ood_fraction: float = Field(
         0.0, ge=0.0, lt=1.0, description="atomic facts held out of every trained multi-hop query"
     )
+    # 2.5 on the default graph: its 512 distinct 2-hop queries hold 320 trained, 64 validation and 128 test.
     inferred_ratio: float = Field(
-        3.0, ge=0.0, description="phi: trained multi-hop queries per in-distribution atomic fact"
+        2.5, ge=0.0, description="phi: trained multi-hop queries per in-distribution atomic fact"
     )
     train_max_hops: int = Field(2, ge=1, description="multi-hop queries of 2..this many hops are trained")
     test_max_hops: int = Field(2, ge=2, description="test splits hold 2..this many hops")
     n_test_queries: int = Field(128, ge=1, description="test queries per split and hop count")
+    n_val_queries: int | None = Field(
+        None, ge=1, description="validation queries per split and hop count, where loop budgets are chosen; "
+        "default half of n_test_queries"
+    )
     seed: int = Field(0, ge=0, description="seed of the graph and its splits")
+
+    @property
+    def n_validation(self) -> int:
+        """Validation queries per split and hop count."""
+        return self.n_val_queries or max(1, self.n_test_queries // 2)
 
     @field_validator("test_max_hops")
     @classmethod
@@ -67,10 +77,17 @@ class ModelConfig(StrictModel):
     n_core_layers: int = Field(1, ge=1)
     n_coda_layers: int = Field(0, ge=0)
     max_loops: int = Field(8, ge=1, description="loops of the per-loop readout at evaluation")
-    architecture: Literal["looped", "vanilla"] = Field(
+    architecture: Literal["looped", "vanilla", "unshared"] = Field(
         "looped",
-        description="vanilla: the baseline of matched compute, train.train_loops distinct (unshared) "
-        "copies of the core run once each",
+        description="vanilla: a plain transformer, train.train_loops distinct copies of the core run once, "
+        "the input injected once; unshared: the same distinct copies with the input re-injected before "
+        "each, the looped model's computation without the weight sharing",
+    )
+    injection: Literal["add", "norm", "concat"] = Field(
+        "add",
+        description="how each loop takes in the input: add (state + input), norm (RMS-normalised state + "
+        "input: the state entering a loop stays bounded), concat (a learnt adapter of [state; input], "
+        "starting as their sum)",
     )
 
     @model_validator(mode="after")
@@ -103,7 +120,9 @@ class TrainConfig(StrictModel):
         0.0, ge=0.0, description="weight of the mean loss over every loop, added to the final-loop loss"
     )
     curriculum: bool = Field(False, description="start at 2 hops; add hop k+1 once hop k is learnt")
-    curriculum_level: float = Field(0.9, gt=0.0, le=1.0, description="train accuracy that unlocks a hop")
+    curriculum_level: float = Field(
+        0.9, gt=0.0, le=1.0, description="train accuracy (at its best inference loop count) that unlocks a hop"
+    )
     eval_every: int = Field(250, ge=1, description="steps between evaluations")
     checkpoint_every: int | None = Field(
         None,
@@ -133,11 +152,18 @@ class EvalConfig(StrictModel):
     n_train_eval_per_hop: int = Field(256, ge=1, description="training queries sampled per hop count")
     phase_level: float = Field(0.9, gt=0.0, le=1.0, description="accuracy that marks a grokking phase")
     halt_kl: float | None = Field(0.01, gt=0.0, description="halt once KL(p_t || p_t-1) is below this")
-    halt_entropy: float | None = Field(None, gt=0.0, description="... and entropy H(p_t) below this")
+    halt_entropy: float | None = Field(0.1, gt=0.0, description="... and entropy H(p_t) below this")
+    halt_entropy_scale: Literal["relative", "nats"] = Field(
+        "relative",
+        description="relative: entropy thresholds are fractions of ln(n_entities), the same on any graph",
+    )
     halt_kl_grid: list[float] = Field([1e-4, 1e-3, 1e-2, 1e-1, 1.0], min_length=1)
-    halt_entropy_grid: list[float] = Field([0.1, 0.5, 1.0, 2.0], min_length=1)
+    halt_entropy_grid: list[float] = Field([0.05, 0.1, 0.2, 0.4], min_length=1)
     n_lens_queries: int = Field(256, ge=1, description="queries per hop count for the logit lens")
     n_patching_queries: int = Field(64, ge=1, description="clean/corrupted pairs for activation patching")
+    patching_loops: int | None = Field(
+        None, ge=1, description="loops of the patched runs; default train.train_loops, the trained depth"
+    )
 
     @model_validator(mode="after")
     def _some_halting_rule(self) -> "EvalConfig":
@@ -160,6 +186,10 @@ class ExperimentConfig(StrictModel):
             raise ValueError(
                 f"train.train_loops ({self.train.train_loops}) exceeds "
                 f"model.max_loops ({self.model.max_loops})"
+            )
+        if (self.eval.patching_loops or 0) > self.model.max_loops:
+            raise ValueError(
+                f"eval.patching_loops ({self.eval.patching_loops}) exceeds model.max_loops ({self.model.max_loops})"
             )
         if self.data.ood_fraction and self.data.train_max_hops < 2:
             raise ValueError("data.ood_fraction needs data.train_max_hops >= 2: nothing composes facts")

@@ -2,16 +2,28 @@
 
 Inference-only settings never cost another pass: the per-loop readout gives the logits after every loop
 1..max_loops at once, from which come the accuracy at every inference loop count (per split and hop
-count), the overthinking summary, and the halting loop of every example under every threshold pair.
+count), the overthinking summary, and the halting loop of every example under every halting rule.
+
+Which loop budget a number is read at matters, and the test split never chooses it:
+- the trained loop count R (``acc/<split>``, ``acc/<split>/hops_<k>``);
+- the budget chosen on the validation split beside the test split (``<split>_val``), per hop count
+  (``loops_chosen/<split>/hops_<k>``, ``acc/<split>[/hops_<k>]/chosen``): how deeper or systematic
+  queries are read, and what grokking phases are timed on;
+- the best over loops on the test split itself: an oracle, and named so (``acc/<split>/oracle``).
+``acc/<split>`` and ``acc/<split>/chosen`` cover the trained hop counts only (all of them when the split
+shares none with training), so a depth run's untrained hops never hide its in-distribution phase.
 
 Metric names (``/`` separated; loops zero-padded so that the MLflow UI lists them in order):
-    acc/<split>                          at the trained loop count, all hop counts
-    acc/<split>/loop_<t>                 at inference loop t, all hop counts
-    acc/<split>/hops_<k>[/loop_<t>]      the same for one hop count
-    acc/<split>/best, best_loop/<split>  the peak over inference loops
+    acc/<split>[/hops_<k>]/loop_<t>         at inference loop t
+    acc/<split>[/hops_<k>]                  at the trained loop count
+    acc/<split>[/hops_<k>]/chosen           at the validation-chosen budget; loops_chosen/<split>/hops_<k>
+    acc/<split>/hops_<k>/prefix_{trained,novel}/chosen   deeper-than-trained queries, by trained prefix
+    acc/<split>/oracle, oracle_loop/<split> the peak over inference loops on the split itself
     overthinking/<split>/hops_<k>/{peak_acc,peak_loop,final_acc,drop}
-    halting/<split>/{acc,mean_loops}     under the configured halting rule
-    halting/<split>/<rule>/{acc,mean_loops}   every rule of the grid (with_grid=True)
+    halting/<split>[/hops_<k>][/kl_only]/{acc,mean_loops,fixed_acc,gain}   the configured rule (and KL
+                                            alone), beside a fixed budget of the same mean cost
+    halting/<split>/<rule>/{acc,mean_loops,fixed_acc,gain}   every rule of the grid (with_grid=True)
+    state_norm/loop_<t>                     mean norm of the state at the answer position (id split)
 """
 
 from __future__ import annotations
@@ -20,10 +32,12 @@ from dataclasses import dataclass
 
 import torch
 
-from rdt_core.config import EvalConfig
+from rdt_core.config import EvalConfig, ExperimentConfig
 from rdt_core.data.queries import QuerySet
-from rdt_core.halting import HaltingRule, halting_loops, rule_grid
+from rdt_core.halting import HaltingRule, equal_cost, halting_loops, rule_grid
 from rdt_core.model.transformer import RecurrentDepthTransformer
+
+VALIDATION_SUFFIX = "_val"  # the validation split of test split "id" is "id_val"
 
 
 @dataclass(frozen=True)
@@ -33,6 +47,8 @@ class SplitResult:
     correct: torch.Tensor  # (T, Q) bool: query q answered right after loop t + 1
     hops: torch.Tensor  # (Q,) long
     halt_loops: torch.Tensor  # (n_rules, Q) long: loop at which q halts under each rule
+    prefix_trained: torch.Tensor  # (Q,) bool: a multi-hop prefix of q is a trained query
+    state_norms: torch.Tensor  # (T, Q) float: norm of the state at the answer position after each loop
 
 
 def loop_metric_name(split: str, loop: int) -> str:
@@ -40,11 +56,20 @@ def loop_metric_name(split: str, loop: int) -> str:
 
 
 def halting_rules(config: EvalConfig, with_grid: bool) -> list[HaltingRule]:
-    """The configured rule first, then (optionally) the whole grid."""
-    rules = [HaltingRule(config.halt_kl, config.halt_entropy)]
+    """The configured rule first, then KL alone at the same threshold (its head-to-head partner, when the
+    configured rule also has an entropy threshold), then (optionally) the whole grid."""
+    rules = [HaltingRule(config.halt_kl, config.halt_entropy, config.halt_entropy_scale)]
+    if config.halt_kl is not None and config.halt_entropy is not None:
+        rules.append(HaltingRule(config.halt_kl, None, config.halt_entropy_scale))
     if with_grid:
-        rules += rule_grid(config.halt_kl_grid, config.halt_entropy_grid)
+        rules += rule_grid(config.halt_kl_grid, config.halt_entropy_grid, config.halt_entropy_scale)
     return rules
+
+
+def halting_prefixes(split: str, rules: list[HaltingRule], n_configured: int) -> list[str]:
+    """Metric prefix of each rule: the configured one, ``kl_only`` beside it, then the grid's by name."""
+    names = ["", "/kl_only"][:n_configured] + [f"/{rule.name}" for rule in rules[n_configured:]]
+    return [f"halting/{split}{name}" for name in names]
 
 
 @torch.no_grad()
@@ -57,43 +82,104 @@ def run_split(
 ) -> SplitResult:
     was_training = model.training
     model.eval()
-    correct, halt_loops = [], []
+    correct, halt_loops, norms = [], [], []
     for start in range(0, len(queries), chunk_size):
         chunk = queries.subset(torch.arange(start, min(start + chunk_size, len(queries))))
-        logits = model(chunk.tokens, max_loops)  # (T, B, E)
+        chunk_norms: list[torch.Tensor] = []
+
+        def keep_norm(name: str, state: torch.Tensor) -> None:
+            if name.endswith("resid_post"):
+                chunk_norms.append(state[:, -1].float().norm(dim=-1).cpu())  # (B,)
+
+        logits = model(chunk.tokens, max_loops, hook=keep_norm)  # (T, B, E)
         correct.append((logits.argmax(-1) == chunk.answers).cpu())
         halt_loops.append(halting_loops(logits, rules).cpu())
+        norms.append(torch.stack(chunk_norms))
     model.train(was_training)
-    return SplitResult(torch.cat(correct, dim=1), queries.hops.cpu(), torch.cat(halt_loops, dim=1))
+    return SplitResult(
+        correct=torch.cat(correct, dim=1),
+        hops=queries.hops.cpu(),
+        halt_loops=torch.cat(halt_loops, dim=1),
+        prefix_trained=queries.prefix_trained.cpu(),
+        state_norms=torch.cat(norms, dim=1),
+    )
+
+
+def chosen_budgets(validation: SplitResult) -> dict[int, int]:
+    """Per hop count, the inference loop count with the best validation accuracy (the fewest loops on
+    a tie): what the test split is read at."""
+    budgets = {}
+    for hops in sorted(set(validation.hops.tolist())):
+        by_loop = validation.correct[:, validation.hops == hops].float().mean(dim=1)  # (T,)
+        budgets[hops] = int(by_loop.argmax().item()) + 1  # argmax returns the first maximum
+    return budgets
 
 
 def split_metrics(
-    split: str, result: SplitResult, inference_loops: int, rules: list[HaltingRule]
+    split: str,
+    result: SplitResult,
+    config: ExperimentConfig,
+    rules: list[HaltingRule],
+    validation: SplitResult | None = None,
 ) -> dict[str, float]:
     """The metrics of one split (names in the module docstring). Pure: no model involved."""
     metrics: dict[str, float] = {}
-    by_loop = result.correct.float().mean(dim=1)  # (T,)
-    for loop, accuracy in enumerate(by_loop.tolist(), start=1):
-        metrics[loop_metric_name(split, loop)] = accuracy
-    metrics[f"acc/{split}"] = by_loop[inference_loops - 1].item()
-    metrics[f"acc/{split}/best"] = by_loop.max().item()
-    metrics[f"best_loop/{split}"] = float(by_loop.argmax().item() + 1)
+    inference_loops = config.train.train_loops
+    hop_counts = sorted(set(result.hops.tolist()))
+    trained = [hops for hops in hop_counts if hops <= config.data.train_max_hops] or hop_counts
+    in_trained = torch.isin(result.hops, torch.tensor(trained))  # (Q,)
+    query_index = torch.arange(result.correct.shape[1])
 
-    for hops in sorted(set(result.hops.tolist())):
-        hop_by_loop = result.correct[:, result.hops == hops].float().mean(dim=1)  # (T,)
-        prefix = f"acc/{split}/hops_{hops}"
-        for loop, accuracy in enumerate(hop_by_loop.tolist(), start=1):
+    def add_by_loop(prefix: str, columns: torch.Tensor) -> torch.Tensor:
+        by_loop = result.correct[:, columns].float().mean(dim=1)  # (T,)
+        for loop, accuracy in enumerate(by_loop.tolist(), start=1):
             metrics[f"{prefix}/loop_{loop:02d}"] = accuracy
-        metrics[prefix] = hop_by_loop[inference_loops - 1].item()
+        metrics[prefix] = by_loop[inference_loops - 1].item()
+        return by_loop
+
+    add_by_loop(f"acc/{split}", torch.ones_like(in_trained))
+    by_loop = result.correct[:, in_trained].float().mean(dim=1)  # (T,) trained hop counts
+    metrics[f"acc/{split}"] = by_loop[inference_loops - 1].item()
+    metrics[f"acc/{split}/oracle"] = by_loop.max().item()
+    metrics[f"oracle_loop/{split}"] = float(by_loop.argmax().item() + 1)
+    for hops in hop_counts:
+        hop_by_loop = add_by_loop(f"acc/{split}/hops_{hops}", result.hops == hops)
         metrics.update(overthinking_metrics(f"overthinking/{split}/hops_{hops}", hop_by_loop))
 
-    query_index = torch.arange(result.correct.shape[1])
-    for index, rule in enumerate(rules):
-        loops = result.halt_loops[index]  # (Q,)
-        prefix = f"halting/{split}" if index == 0 else f"halting/{split}/{rule.name}"
-        metrics[f"{prefix}/acc"] = result.correct[loops - 1, query_index].float().mean().item()
-        metrics[f"{prefix}/mean_loops"] = loops.float().mean().item()
+    if validation is not None:
+        budgets = chosen_budgets(validation)
+        loops = torch.tensor([budgets[hops] for hops in result.hops.tolist()])  # (Q,) each query's budget
+        right = result.correct[loops - 1, query_index]  # (Q,)
+        metrics[f"acc/{split}/chosen"] = right[in_trained].float().mean().item()
+        for hops in hop_counts:
+            metrics[f"loops_chosen/{split}/hops_{hops}"] = float(budgets[hops])
+            metrics[f"acc/{split}/hops_{hops}/chosen"] = right[result.hops == hops].float().mean().item()
+            if hops > config.data.train_max_hops:
+                for name, marked in (("prefix_trained", result.prefix_trained), ("prefix_novel", ~result.prefix_trained)):
+                    picked = right[(result.hops == hops) & marked]
+                    if picked.numel():  # a kind of query the split does not hold has no accuracy
+                        metrics[f"acc/{split}/hops_{hops}/{name}/chosen"] = picked.float().mean().item()
+
+    n_configured = len(halting_rules(config.eval, with_grid=False))
+    for index, prefix in enumerate(halting_prefixes(split, rules, n_configured)):
+        metrics.update(cost_metrics(prefix, result.correct, result.halt_loops[index]))
+        if index < n_configured and split != "train":
+            for hops in hop_counts:
+                columns = result.hops == hops
+                name = prefix.replace(f"halting/{split}", f"halting/{split}/hops_{hops}")
+                metrics.update(cost_metrics(name, result.correct[:, columns], result.halt_loops[index, columns]))
     return metrics
+
+
+def cost_metrics(prefix: str, correct: torch.Tensor, halt_loops: torch.Tensor) -> dict[str, float]:
+    """A halting rule's accuracy and mean loops beside the fixed budget of the same mean cost."""
+    compared = equal_cost(correct, halt_loops)
+    return {
+        f"{prefix}/acc": compared.acc,
+        f"{prefix}/mean_loops": compared.mean_loops,
+        f"{prefix}/fixed_acc": compared.fixed_acc,
+        f"{prefix}/gain": compared.gain,
+    }
 
 
 def overthinking_metrics(prefix: str, accuracy_by_loop: torch.Tensor) -> dict[str, float]:
@@ -108,17 +194,30 @@ def overthinking_metrics(prefix: str, accuracy_by_loop: torch.Tensor) -> dict[st
     }
 
 
+def state_norm_metrics(result: SplitResult) -> dict[str, float]:
+    """``state_norm/loop_<t>``: does the state drift as loops go on (a suspect for overthinking)?"""
+    means = result.state_norms.mean(dim=1)  # (T,)
+    return {f"state_norm/loop_{loop:02d}": value for loop, value in enumerate(means.tolist(), start=1)}
+
+
 def evaluate(
     model: RecurrentDepthTransformer,
     eval_sets: dict[str, QuerySet],
-    max_loops: int,
-    inference_loops: int,
-    config: EvalConfig,
+    config: ExperimentConfig,
     with_grid: bool = False,
 ) -> dict[str, float]:
-    """All split metrics at one evaluation step; ``with_grid`` adds every halting rule of the grid."""
-    rules = halting_rules(config, with_grid)
+    """All split metrics at one evaluation step; ``with_grid`` adds every halting rule of the grid.
+    A validation split only chooses loop budgets for its test split; it is not reported itself."""
+    rules = halting_rules(config.eval, with_grid)
+    results = {
+        split: run_split(model, queries, config.model.max_loops, rules) for split, queries in eval_sets.items()
+    }
     metrics: dict[str, float] = {}
-    for split, queries in eval_sets.items():
-        metrics.update(split_metrics(split, run_split(model, queries, max_loops, rules), inference_loops, rules))
+    for split, result in results.items():
+        if split.endswith(VALIDATION_SUFFIX):
+            continue
+        validation = results.get(f"{split}{VALIDATION_SUFFIX}")
+        metrics.update(split_metrics(split, result, config, rules, validation))
+    if "id" in results:
+        metrics.update(state_norm_metrics(results["id"]))
     return metrics

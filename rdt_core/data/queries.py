@@ -2,11 +2,15 @@
 
 Systematic split: a fraction ``ood_fraction`` of the atomic facts is held out. Those facts are trained only
 as atomic facts; no trained multi-hop query composes them. ``id`` test queries compose only the other
-facts and are never trained; ``ood`` test queries compose only held-out facts.
+facts and are never trained; ``ood`` test queries compose only held-out facts. Each test split has a
+validation split beside it (``id_val``, ``ood_val``): drawn from the same pool, never overlapping the test
+queries, it is where inference settings such as the loop budget are chosen, so the test split only measures.
 
 Depth split: multi-hop queries of 2..``train_max_hops`` hops are trained (``inferred_ratio`` of them per
 in-distribution atomic fact, shared evenly between hop counts); test splits hold every hop count from 2 to
-``test_max_hops``, so hop counts above ``train_max_hops`` measure depth extrapolation.
+``test_max_hops``, so hop counts above ``train_max_hops`` measure depth extrapolation; a deeper test query
+whose 2..j-hop prefix is a trained query is marked (``prefix_trained``), for it may be answered by
+extending a memorised composition rather than by composing every hop.
 
 Queries are drawn as random walks through the allowed facts and de-duplicated, so every split is a set
 of distinct queries, identical for identical configs, and train and test are disjoint by construction.
@@ -14,7 +18,7 @@ of distinct queries, identical for identical configs, and train and test are dis
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -35,6 +39,7 @@ class QuerySet:
     answers: torch.Tensor  # (Q,) long
     hops: torch.Tensor  # (Q,) long
     tokens: torch.Tensor  # (Q, K + 1) long, left-padded so that the answer is read at the last position
+    prefix_trained: torch.Tensor  # (Q,) bool: a multi-hop prefix of the query is a trained query
 
     def __len__(self) -> int:
         return self.answers.shape[0]
@@ -55,7 +60,7 @@ class QuerySet:
         return sorted(set(self.hops.tolist()))
 
     def _tensors(self) -> tuple[torch.Tensor, ...]:
-        return (self.heads, self.relations, self.bridges, self.answers, self.hops, self.tokens)
+        return (self.heads, self.relations, self.bridges, self.answers, self.hops, self.tokens, self.prefix_trained)
 
     @staticmethod
     def concat(parts: list["QuerySet"]) -> "QuerySet":
@@ -69,6 +74,7 @@ class Splits:
     fact_is_ood: torch.Tensor  # (n_relations, n_entities) bool: fact (head e, relation r) held out
     train: QuerySet  # every atomic fact and the trained multi-hop queries
     tests: dict[str, QuerySet]  # "id" and (with held-out facts) "ood", every hop count 2..test_max_hops
+    validation: dict[str, QuerySet]  # "id_val" (and "ood_val"): like the test split, disjoint from it
 
     def eval_sets(self, n_per_hop: int, seed: int) -> dict[str, QuerySet]:
         """What evaluation measures: a fixed sample of training queries (``n_per_hop`` per hop count,
@@ -78,7 +84,7 @@ class Splits:
         for hops in self.train.hop_counts():
             rows = (self.train.hops == hops).nonzero().squeeze(1)
             picked.append(rows[torch.randperm(rows.numel(), generator=generator)[:n_per_hop]])
-        return {"train": self.train.subset(torch.cat(picked)), **self.tests}
+        return {"train": self.train.subset(torch.cat(picked)), **self.tests, **self.validation}
 
 
 def n_held_out_facts(config: DataConfig) -> int:
@@ -103,6 +109,8 @@ def build_splits(config: DataConfig) -> Splits:
     test_parts: dict[str, list[QuerySet]] = {"id": []}
     if n_ood_facts:
         test_parts["ood"] = []
+    val_parts: dict[str, list[QuerySet]] = {f"{split}_val": [] for split in test_parts}
+    n_held = config.n_validation + config.n_test_queries
 
     n_id_facts = n_atomic - n_ood_facts
     trained_hops = range(2, config.train_max_hops + 1)
@@ -113,27 +121,54 @@ def build_splits(config: DataConfig) -> Splits:
             if split not in test_parts:
                 continue
             n_trained = n_train if split == "id" else 0  # held-out facts are never composed in training
-            wanted = n_trained + config.n_test_queries
+            wanted = n_trained + n_held
             heads, relations = sample_distinct_walks(graph, allowed, hops, wanted, generator)
             if heads.numel() < wanted:
                 raise ConfigError(
                     "data.inferred_ratio" if n_trained else "data.n_test_queries",
                     f"only {heads.numel()} distinct {hops}-hop {split} queries exist, {wanted} wanted "
-                    f"({n_trained} trained + {config.n_test_queries} test)",
+                    f"({n_trained} trained + {config.n_validation} validation + {config.n_test_queries} test): "
+                    f"at most {heads.numel() - n_trained} can be held out",
                 )
             queries = make_query_set(graph, vocab, heads, relations, config.test_max_hops)
             if n_trained:
                 train_parts.append(queries.subset(torch.arange(n_trained)))
-                queries = queries.subset(torch.arange(n_trained, wanted))
-            test_parts[split].append(queries)
+            val_parts[f"{split}_val"].append(queries.subset(torch.arange(n_trained, n_trained + config.n_validation)))
+            test_parts[split].append(queries.subset(torch.arange(n_trained + config.n_validation, wanted)))
 
+    train = QuerySet.concat(train_parts)
+    held_out = {name: QuerySet.concat(parts) for name, parts in {**test_parts, **val_parts}.items()}
+    held_out = {name: mark_trained_prefixes(queries, train, config) for name, queries in held_out.items()}
     return Splits(
         graph=graph,
         vocab=vocab,
         fact_is_ood=fact_is_ood,
-        train=QuerySet.concat(train_parts),
-        tests={name: QuerySet.concat(parts) for name, parts in test_parts.items()},
+        train=train,
+        tests={name: held_out[name] for name in test_parts},
+        validation={name: held_out[name] for name in val_parts},
     )
+
+
+def query_keys(heads: torch.Tensor, relations: torch.Tensor, n_relations: int) -> torch.Tensor:
+    """One integer per query, equal exactly for equal (head, r1..rj): heads (Q,), relations (Q, j) -> (Q,)."""
+    keys = heads.clone()
+    for hop in range(relations.shape[1]):
+        keys = keys * (n_relations + 1) + relations[:, hop] + 1
+    return keys
+
+
+def mark_trained_prefixes(queries: QuerySet, train: QuerySet, config: DataConfig) -> QuerySet:
+    """``queries`` with ``prefix_trained`` set where some 2..j-hop prefix (j < hops) is a trained query."""
+    marked = torch.zeros(len(queries), dtype=torch.bool)
+    for prefix_hops in range(2, config.train_max_hops + 1):
+        trained = train.hops == prefix_hops
+        trained_keys = query_keys(
+            train.heads[trained], train.relations[trained, :prefix_hops], config.n_relations
+        )
+        longer = queries.hops > prefix_hops
+        keys = query_keys(queries.heads, queries.relations[:, :prefix_hops].clamp(min=0), config.n_relations)
+        marked |= longer & torch.isin(keys, trained_keys)
+    return replace(queries, prefix_trained=marked)
 
 
 def sample_distinct_walks(
@@ -201,4 +236,5 @@ def make_query_set(
         answers=path[:, -1],
         hops=torch.full((n_queries,), hops, dtype=torch.long),
         tokens=vocab.encode(heads, relations, max_hops + 1),
+        prefix_trained=torch.zeros(n_queries, dtype=torch.bool),
     )

@@ -5,7 +5,8 @@ None leaves it. Names carry the loop index, so later loops never overwrite earli
 
     embed                  the token embeddings, (B, T, D)
     prelude.{i}            after prelude layer i
-    loop.{t}.injected      the injected input (the encoded query) as loop t receives it, (B, T, D)
+    loop.{t}.injected      the injected input (the encoded query) as loop t receives it, (B, T, D); the
+                           vanilla baseline injects before loop 1 only
     loop.{t}.resid_pre     the state entering loop t (t = 1..n_loops), after input injection
     loop.{t}.resid_post    the state after loop t; the readout after loop t reads this
     coda.{t}.{i}           after coda layer i, in the readout of loop t

@@ -6,8 +6,11 @@ loop count (and later every halting rule) comes from a single pass instead of on
 Design choices, and why:
 - Rotary position embeddings: relative, so no learned table caps the query length (deeper queries than
   trained must still fit).
-- Additive input injection: the prelude output ``e`` is added to the state before every loop, so the core
-  never loses sight of the query however many loops it runs.
+- Input injection: the prelude output ``e`` enters the state before every loop, so the core never loses
+  sight of the query however many loops it runs. Added by default (``model.injection: add``), which lets
+  the state's norm grow with the loops; ``norm`` RMS-normalises the state before adding ``e`` (the state
+  entering a loop stays bounded), ``concat`` maps [state; e] through a learnt adapter (as recurrent-depth
+  language models do), initialised to their sum.
 - Output projections of the core start at zero: at initialisation a loop is the identity plus injection,
   which keeps deep unrolls stable early in training.
 - Tied readout over the entity rows of the embedding: the answer is always an entity.
@@ -76,9 +79,11 @@ class Block(nn.Module):
 class RecurrentDepthTransformer(nn.Module):
     """Embedding -> prelude -> core x R (input injection) -> coda -> norm -> tied entity readout.
 
-    ``n_core_groups`` is 1 for the looped model: every loop applies the same core. The vanilla baseline of
-    matched compute has ``n_core_groups = R`` distinct cores, loop t applying group t; it cannot run more
-    loops than it has groups, so its readouts after loop R repeat the last one.
+    ``n_core_groups`` is 1 for the looped model: every loop applies the same core. The baselines have
+    ``n_core_groups = R`` distinct cores, loop t applying group t: ``unshared`` re-injects the input before
+    each (the looped computation without weight sharing), ``vanilla`` only before the first (a plain
+    transformer of depth R). Neither can run more loops than it has groups, so its readouts after loop R
+    repeat the last one.
     """
 
     def __init__(self, config: ModelConfig, vocab: Vocabulary, n_core_groups: int = 1):
@@ -99,6 +104,13 @@ class RecurrentDepthTransformer(nn.Module):
             Block(config, rotary, zero_init_output=False) for _ in range(config.n_coda_layers)
         )
         self.final_norm = nn.RMSNorm(config.d_model)
+        self.reinjects = config.architecture != "vanilla"
+        self.state_norm = nn.RMSNorm(config.d_model) if config.injection == "norm" else None
+        self.adapter = None
+        if config.injection == "concat":
+            self.adapter = nn.Linear(2 * config.d_model, config.d_model, bias=False)
+            with torch.no_grad():  # [I | I]: the sum of state and input, as additive injection starts
+                self.adapter.weight.copy_(torch.eye(config.d_model).repeat(1, 2))
 
     @property
     def is_looped(self) -> bool:
@@ -149,11 +161,20 @@ class RecurrentDepthTransformer(nn.Module):
         hook: Hook | None = None,
     ) -> torch.Tensor:
         """Loop ``loop`` (1-based): state (B, T, D) -> state (B, T, D)."""
-        injected = run_hook(hook, f"loop.{loop}.injected", injected)
-        state = run_hook(hook, f"loop.{loop}.resid_pre", state + injected)
+        if self.reinjects or loop == 1:
+            state = self.inject(state, run_hook(hook, f"loop.{loop}.injected", injected))
+        state = run_hook(hook, f"loop.{loop}.resid_pre", state)
         for layer in self.core[0 if self.is_looped else loop - 1]:
             state = layer(state, attn_mask)
         return run_hook(hook, f"loop.{loop}.resid_post", state)
+
+    def inject(self, state: torch.Tensor, injected: torch.Tensor) -> torch.Tensor:
+        """The state a loop starts from: state, injected (B, T, D) -> (B, T, D)."""
+        if self.adapter is not None:
+            return self.adapter(torch.cat([state, injected], dim=-1))
+        if self.state_norm is not None:
+            return self.state_norm(state) + injected
+        return state + injected
 
     def readout(
         self,
@@ -180,6 +201,6 @@ class RecurrentDepthTransformer(nn.Module):
 
 
 def build_model(config: ExperimentConfig, vocab: Vocabulary) -> RecurrentDepthTransformer:
-    """The looped model, or the vanilla baseline with as many distinct cores as training loops."""
+    """The looped model, or a baseline (vanilla, unshared) with as many distinct cores as training loops."""
     groups = 1 if config.model.architecture == "looped" else config.train.train_loops
     return RecurrentDepthTransformer(config.model, vocab, n_core_groups=groups)

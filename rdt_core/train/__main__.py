@@ -20,7 +20,7 @@ import yaml
 from tqdm import tqdm
 
 from rdt_core.config import ConfigError, ExperimentConfig
-from rdt_core.train.worker import CHECKPOINT_FILE, train_worker
+from rdt_core.train import CHECKPOINT_FILE, train_worker
 
 
 def parse_config(path: Path, overrides: list[str]) -> ExperimentConfig:

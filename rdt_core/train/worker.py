@@ -13,94 +13,29 @@ metrics of ``rdt_core.eval`` and the grokking phases reached so far. The last re
 from __future__ import annotations
 
 import math
-import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import BinaryIO, Callable
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from rdt_core.config import ExperimentConfig
-from rdt_core.data.queries import QuerySet, Splits, build_splits, n_held_out_facts
-from rdt_core.data.tokens import Vocabulary
-from rdt_core.eval import SplitResult, evaluate, halting_rules, split_metrics
-from rdt_core.halting import halting_inference
-from rdt_core.lens import lens_metrics, target_ranks
-from rdt_core.model.transformer import RecurrentDepthTransformer, build_model
-from rdt_core.patching import corrupt_first_relation, patching_grid, patching_metrics
-
-# A reporter takes a report's metrics and the checkpoint directory that goes with it (or None).
-Reporter = Callable[[dict[str, float], "Path | None"], None]
-FINAL_REPORT_KEY = "time/train_s"  # only the last report, sent once training has finished, carries it
-CHECKPOINT_FILE = "model.pt"  # the config and the weights: what inference and the final report need
-TRAINING_STATE_FILE = "training_state.pt"  # optimizer, random streams and progress: what resuming adds
-FINAL_REPORT = "final_report"  # in the final checkpoint's CHECKPOINT_FILE: the report a finished run sent
-
-
-def split_hop_counts(config: ExperimentConfig) -> dict[str, list[int]]:
-    """The evaluation splits of ``config`` and the hop counts each holds."""
-    data = config.data
-    tested = list(range(2, data.test_max_hops + 1))
-    splits = {"train": list(range(1, data.train_max_hops + 1)), "id": tested}
-    if n_held_out_facts(data):
-        splits["ood"] = tested
-    return splits
-
-
-def reported_metric_names(config: ExperimentConfig) -> set[str]:
-    """Every metric name ``train_worker`` reports for ``config``: what a sweep may optimise.
-
-    Derived by running the pure metric functions on placeholder results of the right shapes, so the
-    list cannot drift from what training really reports.
-    """
-    max_loops = config.model.max_loops
-    rules = halting_rules(config.eval, with_grid=True)
-    names = {"step", "lr", "loss/train", "loops/train", "curriculum/max_hops", "time/elapsed_s", "resume/from_step"}
-    names |= {"time/train_s", "model/n_params", "dist/world_size"}
-    for split, hop_counts in split_hop_counts(config).items():
-        hops = torch.tensor(hop_counts)
-        placeholder = SplitResult(
-            correct=torch.zeros(max_loops, len(hop_counts), dtype=torch.bool),
-            hops=hops,
-            halt_loops=torch.ones(len(rules), len(hop_counts), dtype=torch.long),
-        )
-        split_names = split_metrics(split, placeholder, 1, rules).keys()
-        names |= set(split_names) | {f"final/{name}" for name in split_names}
-        names |= {f"phase/{split}/step", f"phase/{split}/reached", f"halting/{split}/loops_saved"}
-        if split != "train":
-            for k in hop_counts:
-                names |= set(lens_metrics(split, k, torch.zeros(max_loops, 1, max(hop_counts))).keys())
-    names |= set(patching_metrics(patching_hops(config), torch.zeros(max_loops, config.data.test_max_hops + 1)))
-    return names
-
-
-def patching_hops(config: ExperimentConfig) -> int:
-    """Patching runs on in-distribution test queries of the deepest trained hop count (at least 2)."""
-    return max(2, config.data.train_max_hops)
-
-
-def device_eval_sets(splits: Splits, config: ExperimentConfig, device: torch.device) -> dict[str, QuerySet]:
-    """The query sets every evaluation measures (a training sample and the test splits), on ``device``."""
-    sample = splits.eval_sets(config.eval.n_train_eval_per_hop, config.train.seed)
-    return {name: queries.to(device) for name, queries in sample.items()}
-
-
-def rank_and_world_size() -> tuple[int, int]:
-    """This worker's rank and the number of data-parallel workers (0 and 1 outside Ray Train)."""
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-
-
-def pick_device() -> torch.device:
-    """The trial's GPU when Ray gave it one (CUDA is then visible), else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+from rdt_core.data.queries import QuerySet, build_splits
+from rdt_core.eval import VALIDATION_SUFFIX, evaluate, loop_metric_name
+from rdt_core.model.transformer import build_model
+from rdt_core.train.analysis import FINAL_REPORT_KEY, device_eval_sets, final_analysis
+from rdt_core.train.checkpoints import (
+    Reporter,
+    read_final_report,
+    report_again,
+    restore_training_state,
+    save_checkpoint,
+    save_training_state,
+)
+from rdt_core.train.devices import pick_device, rank_and_world_size
 
 
 def learning_rate_at(step: int, config: ExperimentConfig) -> float:
@@ -129,9 +64,17 @@ class LoopSampler:
         return min(max(drawn, 1), self.config.model.max_loops)
 
 
+def phase_metric(split: str) -> str:
+    """What a grokking phase is timed on: training accuracy at the trained loop count, and a test split's
+    accuracy on its trained hop counts at the loop budget chosen on its validation split."""
+    return "acc/train" if split == "train" else f"acc/{split}/chosen"
+
+
 class Curriculum:
     """Which hop counts are trained now: all of them, or (with ``train.curriculum``) atomic facts and
-    2 hops first, adding hop k + 1 once the training accuracy at hop k reaches ``curriculum_level``."""
+    2 hops first, adding hop k + 1 once the training accuracy at hop k reaches ``curriculum_level`` at
+    its best inference loop count. The best loop count, not the trained R: a model that answers k hops
+    with more loops than R (or with sampled R) can do the hop, and would otherwise never unlock the next."""
 
     def __init__(self, config: ExperimentConfig, train_set: QuerySet):
         self.config = config
@@ -148,7 +91,9 @@ class Curriculum:
         self.eligible = self._eligible()
 
     def update(self, metrics: dict[str, float]) -> None:
-        level_reached = metrics.get(f"acc/train/hops_{self.max_hops}", 0.0) >= self.config.train.curriculum_level
+        by_loop = [metrics.get(loop_metric_name(f"train/hops_{self.max_hops}", loop), 0.0)
+                   for loop in range(1, self.config.model.max_loops + 1)]
+        level_reached = max(by_loop) >= self.config.train.curriculum_level
         if self.config.train.curriculum and level_reached and self.max_hops < self.config.data.train_max_hops:
             self.set_max_hops(self.max_hops + 1)
 
@@ -207,12 +152,15 @@ def train_worker(
     progressive = config.train.progressive_loss_weight > 0
     progress = Progress(curriculum_max_hops=curriculum.max_hops)
     if resume_from is not None:
-        progress = restore_training_state(Path(resume_from), model, optimizer, batch_generator, sample_loops)
+        progress = Progress(
+            **restore_training_state(Path(resume_from), model, optimizer, batch_generator, sample_loops.generator)
+        )
         curriculum.set_max_hops(progress.curriculum_max_hops)
     resumed_from_step = progress.step
 
     loss_sum, loops_sum, step_count = torch.zeros((), device=device), 0, 0
     metrics: dict[str, float] = {}
+    phase_splits = [split for split in eval_sets if not split.endswith(VALIDATION_SUFFIX)]
     for step in range(progress.step + 1, config.train.steps + 1):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate_at(step - 1, config)
@@ -238,9 +186,7 @@ def train_worker(
         last_step = step == config.train.steps
         if step % config.train.eval_every == 0 or last_step:
             with autocast:
-                metrics = evaluate(
-                    model, eval_sets, config.model.max_loops, config.train.train_loops, config.eval, with_grid=last_step
-                )
+                metrics = evaluate(model, eval_sets, config, with_grid=last_step)
             progress.step = step
             metrics.update(
                 {
@@ -253,8 +199,8 @@ def train_worker(
                     "resume/from_step": float(resumed_from_step),
                 }
             )
-            for split in eval_sets:
-                if split not in progress.phase_steps and metrics[f"acc/{split}"] >= config.eval.phase_level:
+            for split in phase_splits:
+                if split not in progress.phase_steps and metrics[phase_metric(split)] >= config.eval.phase_level:
                     progress.phase_steps[split] = step
                 if split in progress.phase_steps:
                     metrics[f"phase/{split}/step"] = float(progress.phase_steps[split])
@@ -269,7 +215,7 @@ def train_worker(
             if checkpoint_dir is not None and interval and step % interval == 0:
                 checkpoint = save_training_state(
                     Path(checkpoint_dir) / f"step_{step:07d}", model, config, optimizer, batch_generator,
-                    sample_loops, replace(progress, elapsed_s=metrics["time/elapsed_s"]),
+                    sample_loops.generator, asdict(replace(progress, elapsed_s=metrics["time/elapsed_s"])),
                 )
             reporter(metrics, checkpoint)
             if checkpoint is not None:
@@ -277,10 +223,10 @@ def train_worker(
 
     with autocast:
         summary = final_analysis(model, splits, eval_sets, config, device)
-    for split in eval_sets:
+    for split in phase_splits:
         summary[f"phase/{split}/reached"] = float(split in progress.phase_steps)
         summary.update({f"final/{name}": value for name, value in metrics.items() if name.startswith(f"acc/{split}")})
-    summary["time/train_s"] = progress.elapsed_s + time.perf_counter() - started
+    summary[FINAL_REPORT_KEY] = progress.elapsed_s + time.perf_counter() - started
     summary["model/n_params"] = float(sum(p.numel() for p in model.parameters()))
     summary["dist/world_size"] = float(world_size)
     final_report = {**metrics, **summary}
@@ -292,179 +238,3 @@ def train_worker(
     return summary
 
 
-def report_again(final: dict[str, float], resume_from: Path, reporter: Reporter, checkpoint_dir: Path | None) -> dict[str, float]:
-    """A finished run's final report, sent again with (a copy of) its final checkpoint on rank 0."""
-    checkpoint = None
-    if checkpoint_dir is not None:
-        checkpoint = Path(checkpoint_dir)
-        checkpoint.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(resume_from / CHECKPOINT_FILE, checkpoint / CHECKPOINT_FILE)
-    reporter(final, checkpoint)
-    return final
-
-
-def save_atomically(state: dict, path: Path) -> None:
-    """``torch.save`` to a scratch file beside ``path``, then renamed over it: a process killed mid-write
-    leaves the old file or none, never a half-written one."""
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as scratch:
-        torch.save(state, scratch)
-    os.replace(scratch.name, path)
-
-
-def save_checkpoint(
-    model: RecurrentDepthTransformer, config: ExperimentConfig, directory: Path, final_report: dict[str, float] | None = None
-) -> Path:
-    """The weights and the full config: enough to rebuild the data, the model and every measurement.
-    The final checkpoint also holds the final report, which a run resumed from it sends again."""
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / CHECKPOINT_FILE
-    state = {"config": config.model_dump(), "model": model.state_dict()}
-    if final_report is not None:
-        state[FINAL_REPORT] = final_report
-    save_atomically(state, path)
-    return path
-
-
-def save_training_state(
-    directory: Path,
-    model: RecurrentDepthTransformer,
-    config: ExperimentConfig,
-    optimizer: torch.optim.Optimizer,
-    batch_generator: torch.Generator,
-    sample_loops: LoopSampler,
-    progress: Progress,
-) -> Path | None:
-    """A resumable checkpoint in ``directory``, written by rank 0 (its path), or None on other ranks.
-
-    Every worker's batch stream is gathered first, so that each resumes its own.
-    """
-    rank, world_size = rank_and_world_size()
-    batch_streams = [batch_generator.get_state()]
-    if world_size > 1:
-        batch_streams = [None] * world_size
-        dist.all_gather_object(batch_streams, batch_generator.get_state())
-    if rank != 0:
-        return None
-    save_checkpoint(model, config, directory)
-    state = {
-        "optimizer": optimizer.state_dict(),
-        "batch_streams": batch_streams,
-        "loop_stream": sample_loops.generator.get_state(),
-        "progress": asdict(progress),
-    }
-    save_atomically(state, directory / TRAINING_STATE_FILE)
-    return directory
-
-
-def read_final_report(directory: Path) -> dict[str, float] | None:
-    """The final report kept in a checkpoint directory, or None for a checkpoint taken mid-training."""
-    state = torch.load(directory / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-    return state.get(FINAL_REPORT)
-
-
-def is_resumable(directory: Path) -> bool:
-    """Whether ``directory`` holds a whole checkpoint to resume from: a final one (its final report
-    inside), or one taken mid-training (with its training state). A checkpoint that lost a file, or
-    whose files do not load, is not."""
-    try:
-        if read_final_report(directory) is not None:
-            return True
-        torch.load(directory / TRAINING_STATE_FILE, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - a missing, truncated or foreign file: all mean "not resumable"
-        return False
-    return True
-
-
-def restore_training_state(
-    directory: Path,
-    model: RecurrentDepthTransformer,
-    optimizer: torch.optim.Optimizer,
-    batch_generator: torch.Generator,
-    sample_loops: LoopSampler,
-) -> Progress:
-    """Load a checkpoint of ``save_training_state`` into the live objects; returns where training stood."""
-    rank, world_size = rank_and_world_size()
-    device = next(model.parameters()).device
-    model.load_state_dict(torch.load(directory / CHECKPOINT_FILE, map_location=device, weights_only=True)["model"])
-    state = torch.load(directory / TRAINING_STATE_FILE, map_location="cpu", weights_only=True)
-    if len(state["batch_streams"]) != world_size:
-        raise ValueError(
-            f"{directory}: saved by {len(state['batch_streams'])} workers, resumed by {world_size}; "
-            "resume with the same workers_per_trial"
-        )
-    optimizer.load_state_dict(state["optimizer"])
-    batch_generator.set_state(state["batch_streams"][rank])
-    sample_loops.generator.set_state(state["loop_stream"])
-    return Progress(**state["progress"])
-
-
-def read_checkpoint_config(source: Path | BinaryIO) -> ExperimentConfig:
-    """The config saved in a checkpoint: a file's path, or its bytes as a file object."""
-    return ExperimentConfig.from_dict(torch.load(source, map_location="cpu", weights_only=True)["config"])
-
-
-def load_checkpoint(path: Path, device: torch.device | None = None) -> tuple[ExperimentConfig, RecurrentDepthTransformer]:
-    state = torch.load(path, map_location=device or "cpu", weights_only=True)
-    config = ExperimentConfig.from_dict(state["config"])
-    model = build_model(config, Vocabulary(config.data.n_entities, config.data.n_relations))
-    model.load_state_dict(state["model"])
-    return config, model.to(device or "cpu").eval()
-
-
-def evaluate_checkpoint(
-    path: Path, eval_overrides: dict[str, object], reporter: Reporter
-) -> dict[str, float]:
-    """Every measurement of a trained model under other inference-only settings (``eval.*``), with no
-    training: one report, shaped like a trial's final one, so sweeps treat it the same way."""
-    started = time.perf_counter()
-    device = pick_device()
-    trained_config, model = load_checkpoint(path, device)
-    config = ExperimentConfig.from_dict(trained_config.model_dump(), eval_overrides)
-    splits = build_splits(config.data)
-    eval_sets = device_eval_sets(splits, config, device)
-    metrics = evaluate(model, eval_sets, config.model.max_loops, config.train.train_loops, config.eval, with_grid=True)
-    metrics.update(final_analysis(model, splits, eval_sets, config, device))
-    metrics.update({f"final/{name}": value for name, value in list(metrics.items()) if name.startswith("acc/")})
-    metrics.update(
-        {
-            "step": float(config.train.steps),
-            FINAL_REPORT_KEY: time.perf_counter() - started,
-            "model/n_params": float(sum(p.numel() for p in model.parameters())),
-        }
-    )
-    reporter(metrics, None)
-    return metrics
-
-
-@torch.no_grad()
-def final_analysis(
-    model: RecurrentDepthTransformer,
-    splits: Splits,
-    eval_sets: dict[str, QuerySet],
-    config: ExperimentConfig,
-    device: torch.device,
-) -> dict[str, float]:
-    """Logit lens on every test split and hop count, the activation-patching grid, and the share of
-    loops that the stopping halting path saves (``halting/<split>/loops_saved``)."""
-    model.eval()
-    max_loops = config.model.max_loops
-    rule = halting_rules(config.eval, with_grid=False)[0]
-    metrics: dict[str, float] = {}
-    for split, queries in eval_sets.items():
-        halted = halting_inference(model, queries.tokens, max_loops, rule)
-        metrics[f"halting/{split}/loops_saved"] = halted.loops_saved / (len(queries) * max_loops)
-        if split == "train":
-            continue
-        for hops in queries.hop_counts():
-            sample = queries.with_hops(hops).first(config.eval.n_lens_queries)
-            metrics.update(lens_metrics(split, hops, target_ranks(model, sample, max_loops)))
-
-    hops = patching_hops(config)
-    clean = eval_sets["id"].with_hops(hops)
-    generator = torch.Generator().manual_seed(config.train.seed + 11)
-    corrupted, changed = corrupt_first_relation(clean, splits.vocab, splits.graph.tails.to(device), generator)
-    keep = changed.nonzero().squeeze(1)[: config.eval.n_patching_queries]
-    if keep.numel():
-        recovery = patching_grid(model, clean.subset(keep), corrupted[keep], max_loops)
-        metrics.update(patching_metrics(hops, recovery))
-    return metrics

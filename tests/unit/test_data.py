@@ -2,11 +2,12 @@ import torch
 
 from rdt_core.config import DataConfig
 from rdt_core.data import KnowledgeGraph, build_splits
+from rdt_core.data.nulls import candidate_masks, null_metrics
 from rdt_core.data.queries import QuerySet, sample_distinct_walks
 
 SYSTEMATIC = DataConfig(
     n_entities=40, n_relations=6, ood_fraction=0.25, inferred_ratio=2.0,
-    train_max_hops=3, test_max_hops=4, n_test_queries=40, seed=5,
+    train_max_hops=3, test_max_hops=4, n_test_queries=40, n_val_queries=24, seed=5,
 )
 
 
@@ -74,10 +75,58 @@ def test_id_queries_compose_only_id_facts_and_ood_only_held_out_facts():
 def test_test_queries_never_appear_in_training_and_are_distinct():
     splits = build_splits(SYSTEMATIC)
     train_rows = {tuple(row.tolist()) for row in splits.train.tokens}
-    for queries in splits.tests.values():
+    for queries in [*splits.tests.values(), *splits.validation.values()]:
         rows = [tuple(row.tolist()) for row in queries.tokens]
         assert len(set(rows)) == len(rows)
         assert train_rows.isdisjoint(rows)
+
+
+def test_validation_and_test_queries_never_overlap_and_come_from_the_same_pool():
+    splits = build_splits(SYSTEMATIC)
+    assert set(splits.validation) == {"id_val", "ood_val"}
+    for split in ("id", "ood"):
+        test, validation = splits.tests[split], splits.validation[f"{split}_val"]
+        assert validation.hop_counts() == test.hop_counts() == [2, 3, 4]
+        assert all(len(validation.with_hops(k)) == 24 for k in (2, 3, 4))
+        test_rows = {tuple(row.tolist()) for row in test.tokens}
+        assert test_rows.isdisjoint(tuple(row.tolist()) for row in validation.tokens)
+    ood = splits.fact_is_ood
+    for facts in facts_used(splits.validation["ood_val"]):
+        assert all(ood[relation, entity] for entity, relation in facts)
+
+
+def test_a_deeper_query_is_marked_where_a_multi_hop_prefix_of_it_was_trained():
+    splits = build_splits(SYSTEMATIC)
+    trained = {tuple(row) for row in torch.cat([splits.train.heads[:, None], splits.train.relations], 1).tolist()}
+    queries = splits.tests["id"]
+    for head, relations, hops, marked in zip(
+        queries.heads.tolist(), queries.relations.tolist(), queries.hops.tolist(), queries.prefix_trained.tolist()
+    ):
+        prefixes = [(head, *relations[:j], *[-1] * (len(relations) - j)) for j in range(2, min(hops, 4))]
+        assert marked == any(prefix in trained for prefix in prefixes)
+    deeper = queries.hops == 4
+    assert 0 < int(queries.prefix_trained[deeper].sum()) < int(deeper.sum())  # both kinds exist here
+    assert not bool(queries.prefix_trained[queries.hops == 2].any())
+
+
+def test_structural_nulls_count_the_candidates_each_shortcut_leaves():
+    splits = build_splits(SYSTEMATIC)
+    queries = splits.tests["ood"].with_hops(2)
+    masks = candidate_masks(splits, queries, "ood")
+    tails, ood = splits.graph.tails, splits.fact_is_ood
+    trained = splits.train.subset((splits.train.hops == 2).nonzero().squeeze(1))
+    for index in range(len(queries)):
+        relations = queries.relations[index, :2].tolist()
+        same = (trained.relations[:, :2] == queries.relations[index, :2]).all(1)
+        taken = set(trained.answers[same].tolist())
+        assert set(masks["answer_elimination"][index].nonzero().squeeze(1).tolist()) == set(range(40)) - taken
+        last = relations[1]
+        reachable = {int(tails[last, head]) for head in range(40) if ood[last, head]}
+        assert set(masks["last_relation"][index].nonzero().squeeze(1).tolist()) == reachable
+        assert bool(masks["structural"][index, queries.answers[index]])  # the answer is never eliminated
+    metrics = null_metrics(splits, splits.tests["ood"], "ood")
+    expected = (1 / masks["last_relation"].sum(1).float()).mean().item()
+    assert metrics["null/ood/hops_2/last_relation"] == expected > metrics["null/chance"] == 1 / 40
 
 
 def test_test_splits_go_deeper_than_training():
@@ -131,5 +180,5 @@ def test_walks_respect_the_allowed_facts_and_are_distinct():
 def test_eval_sets_sample_training_queries_per_hop_count():
     splits = build_splits(SYSTEMATIC)
     sets = splits.eval_sets(n_per_hop=30, seed=0)
-    assert set(sets) == {"train", "id", "ood"}
+    assert set(sets) == {"train", "id", "ood", "id_val", "ood_val"}
     assert [len(sets["train"].with_hops(k)) for k in (1, 2, 3)] == [30, 30, 30]

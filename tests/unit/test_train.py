@@ -5,10 +5,12 @@ import pytest
 import torch
 
 from rdt_core.config import ConfigError, ExperimentConfig
+from rdt_core.data import build_splits
 from rdt_core.train import CHECKPOINT_FILE, is_resumable, reported_metric_names, split_hop_counts, train_worker
+from rdt_core.train.worker import Curriculum
 
 TINY = {
-    "data": {"n_entities": 24, "n_relations": 4, "inferred_ratio": 1.0, "n_test_queries": 16,
+    "data": {"n_entities": 24, "n_relations": 4, "inferred_ratio": 1.0, "n_test_queries": 12,
              "ood_fraction": 0.25, "test_max_hops": 3},
     "model": {"d_model": 32, "n_heads": 2, "max_loops": 4},
     "train": {"steps": 60, "eval_every": 20, "train_loops": 2, "batch_size": 32, "warmup_steps": 5},
@@ -48,7 +50,12 @@ def test_the_last_report_carries_the_summary_grid_lens_and_patching(reports):
     assert last["final/acc/id"] == last["acc/id"]
     assert "halting/id/kl_0.01_h_off/acc" in last and "halting/id/kl_0.01_h_off/acc" not in reports[0]
     assert "lens/ood/hops_3/bridge_2/top1/loop_04" in last
-    assert "patching/hops_2/loop_04/pos_3" in last
+    for prefix in ("patching", "patching_null"):  # at the trained 2 loops; the null beside the model
+        assert f"{prefix}/state/hops_2/loop_01/pos_3" in last and f"{prefix}/injected/hops_2/loop_02/pos_2" in last
+        assert f"{prefix}/state/hops_2/loop_02/pos_3" not in last  # read out as it is: trivial, left out
+        assert f"{prefix}/state/hops_2/loop_01/pos_1" not in last  # left of the corrupted relation
+    assert not any(name.startswith("patching/") and "loop_03" in name for name in last)
+    assert last["null/ood/hops_2/last_relation"] > last["null/chance"]
     assert last["phase/train/reached"] in (0.0, 1.0)
     assert 0.0 <= last["halting/id/loops_saved"] < 1.0
 
@@ -91,8 +98,11 @@ def test_overfits_one_small_graph():
         {"train.progressive_loss_weight": 0.5},
         {"train.curriculum": True, "data.train_max_hops": 3, "train.curriculum_level": 0.01},
         {"model.architecture": "vanilla"},
+        {"model.architecture": "unshared"},
+        {"model.injection": "norm"},
+        {"model.injection": "concat"},
     ],
-    ids=["poisson", "truncated", "progressive", "curriculum", "vanilla"],
+    ids=["poisson", "truncated", "progressive", "curriculum", "vanilla", "unshared", "norm", "concat"],
 )
 def test_training_variants_run_and_report(overrides):
     torch.set_num_threads(1)
@@ -103,6 +113,19 @@ def test_training_variants_run_and_report(overrides):
         assert any(report["loops/train"] != 2 for report in reports)
     if overrides.get("train.curriculum"):
         assert [report["curriculum/max_hops"] for report in reports] == [2.0, 3.0]  # unlocked after step 20
+
+
+def test_the_curriculum_unlocks_on_the_best_inference_loop_count_not_the_trained_one():
+    config = ExperimentConfig.from_dict(
+        TINY, {"train.curriculum": True, "data.train_max_hops": 3, "train.curriculum_level": 0.9}
+    )
+    curriculum = Curriculum(config, build_splits(config.data).train)
+    below_at_trained_loops = {"acc/train/hops_2/loop_02": 0.5, "acc/train/hops_2/loop_03": 0.8}
+    curriculum.update(below_at_trained_loops)
+    assert curriculum.max_hops == 2
+    curriculum.update({**below_at_trained_loops, "acc/train/hops_2/loop_04": 0.95})  # more loops than R
+    assert curriculum.max_hops == 3
+    assert set(curriculum.train_set.hops[curriculum.eligible].tolist()) == {1, 2, 3}
 
 
 def test_curriculum_starts_at_two_hops():

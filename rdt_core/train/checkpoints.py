@@ -1,0 +1,149 @@
+"""Checkpoints: what a trial writes so that it can be resumed, evaluated again or sent again.
+
+A checkpoint directory taken mid-training holds ``CHECKPOINT_FILE`` (the config and the weights) and
+``TRAINING_STATE_FILE`` (optimizer, random streams, progress); the final one holds ``CHECKPOINT_FILE``
+alone, with the final report inside it. Every file is written under a scratch name and renamed, so a
+process killed mid-write leaves the old file or none, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+
+import torch
+import torch.distributed as dist
+
+from rdt_core.config import ExperimentConfig
+from rdt_core.data.tokens import Vocabulary
+from rdt_core.model.transformer import RecurrentDepthTransformer, build_model
+from rdt_core.train.devices import rank_and_world_size
+
+# A reporter takes a report's metrics and the checkpoint directory that goes with it (or None).
+Reporter = Callable[[dict[str, float], "Path | None"], None]
+CHECKPOINT_FILE = "model.pt"  # the config and the weights: what inference and the final report need
+TRAINING_STATE_FILE = "training_state.pt"  # optimizer, random streams and progress: what resuming adds
+FINAL_REPORT = "final_report"  # in the final checkpoint's CHECKPOINT_FILE: the report a finished run sent
+
+
+def report_again(final: dict[str, float], resume_from: Path, reporter: Reporter, checkpoint_dir: Path | None) -> dict[str, float]:
+    """A finished run's final report, sent again with (a copy of) its final checkpoint on rank 0."""
+    checkpoint = None
+    if checkpoint_dir is not None:
+        checkpoint = Path(checkpoint_dir)
+        checkpoint.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(resume_from / CHECKPOINT_FILE, checkpoint / CHECKPOINT_FILE)
+    reporter(final, checkpoint)
+    return final
+
+
+def save_atomically(state: dict, path: Path) -> None:
+    """``torch.save`` to a scratch file beside ``path``, then renamed over it: a process killed mid-write
+    leaves the old file or none, never a half-written one."""
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as scratch:
+        torch.save(state, scratch)
+    os.replace(scratch.name, path)
+
+
+def save_checkpoint(
+    model: RecurrentDepthTransformer, config: ExperimentConfig, directory: Path, final_report: dict[str, float] | None = None
+) -> Path:
+    """The weights and the full config: enough to rebuild the data, the model and every measurement.
+    The final checkpoint also holds the final report, which a run resumed from it sends again."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / CHECKPOINT_FILE
+    state = {"config": config.model_dump(), "model": model.state_dict()}
+    if final_report is not None:
+        state[FINAL_REPORT] = final_report
+    save_atomically(state, path)
+    return path
+
+
+def save_training_state(
+    directory: Path,
+    model: RecurrentDepthTransformer,
+    config: ExperimentConfig,
+    optimizer: torch.optim.Optimizer,
+    batch_generator: torch.Generator,
+    loop_generator: torch.Generator,
+    progress: dict[str, Any],
+) -> Path | None:
+    """A resumable checkpoint in ``directory``, written by rank 0 (its path), or None on other ranks.
+
+    Every worker's batch stream is gathered first, so that each resumes its own.
+    """
+    rank, world_size = rank_and_world_size()
+    batch_streams = [batch_generator.get_state()]
+    if world_size > 1:
+        batch_streams = [None] * world_size
+        dist.all_gather_object(batch_streams, batch_generator.get_state())
+    if rank != 0:
+        return None
+    save_checkpoint(model, config, directory)
+    state = {
+        "optimizer": optimizer.state_dict(),
+        "batch_streams": batch_streams,
+        "loop_stream": loop_generator.get_state(),
+        "progress": progress,
+    }
+    save_atomically(state, directory / TRAINING_STATE_FILE)
+    return directory
+
+
+def read_final_report(directory: Path) -> dict[str, float] | None:
+    """The final report kept in a checkpoint directory, or None for a checkpoint taken mid-training."""
+    state = torch.load(directory / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    return state.get(FINAL_REPORT)
+
+
+def is_resumable(directory: Path) -> bool:
+    """Whether ``directory`` holds a whole checkpoint to resume from: a final one (its final report
+    inside), or one taken mid-training (with its training state). A checkpoint that lost a file, or
+    whose files do not load, is not."""
+    try:
+        if read_final_report(directory) is not None:
+            return True
+        torch.load(directory / TRAINING_STATE_FILE, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - a missing, truncated or foreign file: all mean "not resumable"
+        return False
+    return True
+
+
+def restore_training_state(
+    directory: Path,
+    model: RecurrentDepthTransformer,
+    optimizer: torch.optim.Optimizer,
+    batch_generator: torch.Generator,
+    loop_generator: torch.Generator,
+) -> dict[str, Any]:
+    """Load a checkpoint of ``save_training_state`` into the live objects; returns where training stood."""
+    rank, world_size = rank_and_world_size()
+    device = next(model.parameters()).device
+    model.load_state_dict(torch.load(directory / CHECKPOINT_FILE, map_location=device, weights_only=True)["model"])
+    state = torch.load(directory / TRAINING_STATE_FILE, map_location="cpu", weights_only=True)
+    if len(state["batch_streams"]) != world_size:
+        raise ValueError(
+            f"{directory}: saved by {len(state['batch_streams'])} workers, resumed by {world_size}; "
+            "resume with the same workers_per_trial"
+        )
+    optimizer.load_state_dict(state["optimizer"])
+    batch_generator.set_state(state["batch_streams"][rank])
+    loop_generator.set_state(state["loop_stream"])
+    return state["progress"]
+
+
+def read_checkpoint_config(source: Path | BinaryIO) -> ExperimentConfig:
+    """The config saved in a checkpoint: a file's path, or its bytes as a file object."""
+    return ExperimentConfig.from_dict(torch.load(source, map_location="cpu", weights_only=True)["config"])
+
+
+def load_checkpoint(path: Path, device: torch.device | None = None) -> tuple[ExperimentConfig, RecurrentDepthTransformer]:
+    state = torch.load(path, map_location=device or "cpu", weights_only=True)
+    config = ExperimentConfig.from_dict(state["config"])
+    model = build_model(config, Vocabulary(config.data.n_entities, config.data.n_relations))
+    model.load_state_dict(state["model"])
+    return config, model.to(device or "cpu").eval()
+
