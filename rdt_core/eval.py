@@ -19,6 +19,8 @@ Metric names (``/`` separated; loops zero-padded so that the MLflow UI lists the
     acc/<split>[/hops_<k>]/chosen           at the validation-chosen budget; loops_chosen/<split>/hops_<k>
     acc/<split>/hops_<k>/prefix_{trained,novel}/chosen   deeper-than-trained queries, by trained prefix
     acc/<split>/oracle, oracle_loop/<split> the peak over inference loops on the split itself
+    acc/<split>_val[/chosen], acc/<split>_val/hops_<k>/chosen, halting/<split>_val/...
+                                            the validation split: what sweeps select settings on
     overthinking/<split>/hops_<k>/{peak_acc,peak_loop,final_acc,drop}
     halting/<split>[/hops_<k>][/kl_only]/{acc,mean_loops,fixed_acc,gain}   the configured rule (and KL
                                             alone), beside a fixed budget of the same mean cost
@@ -171,6 +173,28 @@ def split_metrics(
     return metrics
 
 
+def validation_metrics(
+    split: str, result: SplitResult, config: ExperimentConfig, rules: list[HaltingRule]
+) -> dict[str, float]:
+    """What a sweep selects settings on, so that it never selects on the test split: accuracy on the
+    trained hop counts at the trained loop count (``acc/<split>_val``) and at the budgets this split
+    chooses (``acc/<split>_val/chosen``, its best per hop count), and the configured halting rule."""
+    hop_counts = sorted(set(result.hops.tolist()))
+    trained = [hops for hops in hop_counts if hops <= config.data.train_max_hops] or hop_counts
+    in_trained = torch.isin(result.hops, torch.tensor(trained))  # (Q,)
+    budgets = chosen_budgets(result)
+    loops = torch.tensor([budgets[hops] for hops in result.hops.tolist()])  # (Q,)
+    right = result.correct[loops - 1, torch.arange(len(loops))]  # (Q,)
+    metrics = {
+        f"acc/{split}": result.correct[config.train.train_loops - 1, in_trained].float().mean().item(),
+        f"acc/{split}/chosen": right[in_trained].float().mean().item(),
+    }
+    for hops in hop_counts:
+        metrics[f"acc/{split}/hops_{hops}/chosen"] = right[result.hops == hops].float().mean().item()
+    metrics.update(cost_metrics(f"halting/{split}", result.correct, result.halt_loops[0]))
+    return metrics
+
+
 def cost_metrics(prefix: str, correct: torch.Tensor, halt_loops: torch.Tensor) -> dict[str, float]:
     """A halting rule's accuracy and mean loops beside the fixed budget of the same mean cost."""
     compared = equal_cost(correct, halt_loops)
@@ -215,6 +239,7 @@ def evaluate(
     metrics: dict[str, float] = {}
     for split, result in results.items():
         if split.endswith(VALIDATION_SUFFIX):
+            metrics.update(validation_metrics(split, result, config, rules))
             continue
         validation = results.get(f"{split}{VALIDATION_SUFFIX}")
         metrics.update(split_metrics(split, result, config, rules, validation))

@@ -14,7 +14,15 @@ import torch
 from rdt_core.config import ExperimentConfig
 from rdt_core.data.nulls import NULL_SHORTCUTS, null_metrics
 from rdt_core.data.queries import QuerySet, Splits, build_splits, n_held_out_facts
-from rdt_core.eval import VALIDATION_SUFFIX, SplitResult, evaluate, halting_rules, split_metrics, state_norm_metrics
+from rdt_core.eval import (
+    VALIDATION_SUFFIX,
+    SplitResult,
+    evaluate,
+    halting_rules,
+    split_metrics,
+    state_norm_metrics,
+    validation_metrics,
+)
 from rdt_core.halting import halting_inference
 from rdt_core.lens import answer_position_ranks, lens_metrics, prefix_lens_metrics, prefix_ranks
 from rdt_core.model.transformer import RecurrentDepthTransformer
@@ -71,6 +79,8 @@ def reported_metric_names(config: ExperimentConfig) -> set[str]:
         names |= set(split_names) | {f"final/{name}" for name in split_names}
         names |= {f"phase/{split}/step", f"phase/{split}/reached", f"halting/{split}/loops_saved"}
         if split != "train":
+            val_names = validation_metrics(f"{split}{VALIDATION_SUFFIX}", placeholder(hop_counts), config, rules)
+            names |= set(val_names) | {f"final/{name}" for name in val_names}
             names |= set(state_norm_metrics(placeholder(hop_counts)))
             for k in hop_counts:
                 names |= {f"null/{split}/hops_{k}/{shortcut}" for shortcut in NULL_SHORTCUTS}

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from rdt_core.config import ExperimentConfig
-from rdt_core.eval import SplitResult, chosen_budgets, halting_rules, split_metrics
+from rdt_core.eval import SplitResult, chosen_budgets, halting_rules, split_metrics, validation_metrics
 
 CONFIG = ExperimentConfig.from_dict(
     {"data": {"train_max_hops": 2, "test_max_hops": 3}, "model": {"max_loops": 4}, "train": {"train_loops": 2}}
@@ -84,3 +84,11 @@ def test_every_split_metric_is_a_number(split):
     metrics = split_metrics(split, with_grid, CONFIG, halting_rules(CONFIG.eval, True), VALIDATION)
     assert "halting/id/kl_0.01_h_0.1/gain" in metrics or split == "ood"
     assert all(value == value for value in metrics.values())  # no NaN
+
+
+def test_the_validation_split_reports_what_sweeps_select_on_and_nothing_from_the_test_split():
+    metrics = validation_metrics("id_val", VALIDATION, CONFIG, halting_rules(CONFIG.eval, False))
+    assert metrics["acc/id_val"] == 1.0  # trained hop counts (2) at the trained 2 loops
+    assert metrics["acc/id_val/chosen"] == 1.0 and metrics["acc/id_val/hops_3/chosen"] == 1.0
+    assert metrics["halting/id_val/mean_loops"] == 2.0
+    assert all(name.split("/")[1] == "id_val" for name in metrics)
