@@ -100,3 +100,38 @@ def test_vanilla_baseline_has_distinct_cores_and_stops_at_its_depth():
     logits = vanilla(queries(), 6)
     assert not torch.allclose(logits[1], logits[2])
     assert torch.allclose(logits[2], logits[5])  # no computation past its depth
+
+
+def baseline(architecture: str, **model_keys) -> RecurrentDepthTransformer:
+    config = ExperimentConfig.from_dict(
+        {"model": {"d_model": 16, "n_heads": 2, "max_loops": 6, "architecture": architecture, **model_keys},
+         "train": {"train_loops": 3}}
+    )
+    torch.manual_seed(0)
+    return randomise_core(build_model(config, VOCAB))
+
+
+def test_vanilla_injects_the_input_once_and_unshared_before_every_core():
+    for architecture, injected_loops in (("vanilla", ["loop.1.injected"]), ("unshared", [f"loop.{t}.injected" for t in (1, 2, 3)])):
+        cache = ActivationCache(keep=lambda name: name.endswith("injected"))
+        baseline(architecture)(queries(), 3, hook=cache)
+        assert sorted(cache.activations) == injected_loops
+    same_weights = baseline("vanilla")
+    same_weights.load_state_dict(baseline("unshared").state_dict())
+    assert not torch.allclose(same_weights(queries(), 3)[-1], baseline("unshared")(queries(), 3)[-1])
+
+
+def test_normalised_injection_bounds_the_state_entering_every_loop():
+    cache = ActivationCache(keep=lambda name: name.startswith("loop."))
+    model = baseline("looped", injection="norm")
+    model(queries(), 6, hook=cache)
+    for loop in range(1, 7):
+        carried = cache[f"loop.{loop}.resid_pre"] - cache[f"loop.{loop}.injected"]  # RMS-normalised state
+        if loop > 1:
+            assert torch.allclose(carried.pow(2).mean(-1).sqrt(), torch.ones(()), atol=1e-3)
+
+
+def test_the_concat_adapter_starts_as_additive_injection():
+    added, concatenated = baseline("looped", injection="add"), baseline("looped", injection="concat")
+    concatenated.load_state_dict({**added.state_dict(), "adapter.weight": concatenated.adapter.weight}, strict=True)
+    assert torch.allclose(added(queries(), 6), concatenated(queries(), 6), atol=1e-5)
