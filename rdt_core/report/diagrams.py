@@ -9,6 +9,10 @@ a note of the report instead of an error, since which diagrams make sense depend
 - halting: accuracy against mean loops of every halting rule of every trial, with the Pareto front,
   and the best trial's threshold grid;
 - depth: accuracy over inference loops per hop count, with the trained hop counts set apart.
+
+Trials that differ only in their seeds are one setting (``runs.Setting``): a cell, row or point of a
+setting is the mean over its replicates, its hover text (HTML) the mean ± sample std (n), and the best
+setting is the best by its mean. A replicated sweep also gets ``summary.csv`` and ``summary.md``.
 """
 
 from __future__ import annotations
@@ -25,7 +29,19 @@ import numpy as np
 
 from rdt_core.report.panels import Figure, Heatmap, Line, Marks, Scatter, Series
 from rdt_core.report.render import write_html, write_png
-from rdt_core.report.runs import ReportError, Sweep, Trial, load_sweep, numbered, open_store, splits_of
+from rdt_core.report.runs import (
+    ReportError,
+    Setting,
+    Spread,
+    Sweep,
+    Trial,
+    load_sweep,
+    numbered,
+    numbered_keys,
+    open_store,
+    splits_of,
+)
+from rdt_core.report.summary import write_summary
 
 ARTIFACT_DIR = "diagrams"
 GRAPH_PARAMS = {"data.n_entities": ("N", "graph size N"), "data.inferred_ratio": ("φ", "inferred ratio φ")}
@@ -37,10 +53,10 @@ class Unsupported(Exception):
 
 
 def overthinking(sweep: Sweep) -> Figure:
-    """Where accuracy peaks over inference loops: per hop count for the best trial, and per trained
+    """Where accuracy peaks over inference loops: per hop count for the best setting, and per trained
     loop count (trials with the same ``train.train_loops`` averaged)."""
     notes, panels = [], []
-    best = sweep.best_trial()
+    best = sweep.best_setting()
     if best is not None and hops_by_loop(best, "id"):
         panels.append(hop_loop_panel(best, f"{best_label(sweep, best)}: id split"))
     else:
@@ -74,45 +90,60 @@ def trained_loops_panel(trials: list[Trial]) -> Heatmap | None:
 
 
 def grokking(sweep: Sweep) -> Figure:
-    """Accuracy over training steps, one row per trial (ordered by graph size and inferred ratio), one
-    panel per split, with the step at which each trial's accuracy first reached the phase level."""
+    """Accuracy over training steps, one row per setting (ordered by graph size and inferred ratio), one
+    panel per split, with the step at which each setting's accuracy first reached the phase level."""
     splits = splits_of(sweep.trials)
     if not splits:
         raise Unsupported("no trial reports acc/<split>")
     notes = [] if "ood" in splits else ["no ood split (no held-out facts): ood panel skipped"]
-    rows, y_title = trial_rows(sweep.trials)
+    rows, y_title = trial_rows(sweep.settings)
     level = sweep.trials[0].params.get("eval.phase_level", "the phase level")
     panels = [phase_panel(sweep, split, rows, y_title, f"phase onset (acc ≥ {level})") for split in splits]
     return Figure("grokking", f"Grokking: accuracy over training ({sweep.experiment})", panels, notes)
 
 
-def phase_panel(sweep: Sweep, split: str, rows: list[tuple[str, Trial]], y_title: str, onset: str) -> Heatmap:
-    curves = {row: sweep.history(trial, f"acc/{split}") for row, trial in rows}
+def phase_panel(sweep: Sweep, split: str, rows: list[tuple[str, Setting]], y_title: str, onset: str) -> Heatmap:
+    curves = {row: sweep.setting_history(setting, f"acc/{split}") for row, setting in rows}
     panel = grid_panel(curves, f"{split} split: acc/{split} at the trained loop count", "optimizer step", y_title)
-    onsets = [
-        (label(trial.metrics[key]), row)
-        for row, trial in rows
-        if (key := f"phase/{split}/step") in trial.metrics and label(trial.metrics[key]) in panel.x
-    ]
-    return with_marks(panel, [Marks(onset, onsets, "diamond")])
+    points, text = [], []
+    for row, setting in rows:
+        spread = setting.spread.get(f"phase/{split}/step")
+        # one run's onset is an evaluation step; a mean onset goes to the nearest one
+        column = onset_column(panel.x, spread.mean, nearest=setting.n > 1) if spread and spread.n else None
+        if column is not None:
+            points.append((column, row))
+            text.append(f"{row}: onset at step {spread.text(0, of=setting.n)}")
+    replicated = any(setting.n > 1 for _, setting in rows)
+    return with_marks(panel, [Marks(onset, points, "diamond", text if replicated else None)])
 
 
-def trial_rows(trials: list[Trial]) -> tuple[list[tuple[str, Trial]], str]:
-    """One labelled row per trial, by the graph parameters that vary between trials (run names when
-    none does, or to tell apart trials that share them), and the axis title that says so."""
+def onset_column(columns: list[str], step: float, nearest: bool) -> str | None:
+    """The column label of ``step``, or with ``nearest`` the closest column; None when there is none."""
+    if label(step) in columns:
+        return label(step)
+    if not nearest or not columns:
+        return None
+    return min(columns, key=lambda column: abs(float(column) - step))
+
+
+def trial_rows(trials: list[Setting]) -> tuple[list[tuple[str, Setting]], str]:
+    """One labelled row per setting, by the graph parameters that vary between settings (names when
+    none does, or to tell apart settings that share them), and the axis title that says so."""
     varying = [key for key in GRAPH_PARAMS if len({t.params.get(key) for t in trials}) > 1]
     ordered = sorted(trials, key=lambda t: (*(t.number(key) or 0.0 for key in varying), t.name))
     labels = [", ".join(f"{GRAPH_PARAMS[key][0]}={t.params.get(key)}" for key in varying) for t in ordered]
     if not varying or len(set(labels)) < len(labels):
         labels = [f"{text} ({t.name})" if text else t.name for text, t in zip(labels, ordered)]
-    title = " and ".join(GRAPH_PARAMS[key][1] for key in varying) or "trial"
+    title = " and ".join(GRAPH_PARAMS[key][1] for key in varying) or (
+        "setting" if any(t.n > 1 for t in trials) else "trial"
+    )
     return list(zip(labels, ordered)), title
 
 
 def halting(sweep: Sweep) -> Figure:
-    """Accuracy against compute for every halting rule of every trial (split id, final values) with the
-    Pareto front over all of them, and the best trial's threshold grid."""
-    series = [rule_series(trial) for trial in sweep.trials]
+    """Accuracy against compute for every halting rule of every setting (split id, final values, means
+    over replicates) with the Pareto front over all of them, and the best setting's threshold grid."""
+    series = [rule_series(setting) for setting in sweep.settings]
     series = [s for s in series if s.x]
     if not series:
         raise Unsupported("no trial reports halting/id/<rule>/{acc,mean_loops}")
@@ -121,7 +152,7 @@ def halting(sweep: Sweep) -> Figure:
     scatter = Scatter(
         "every rule of every trial (id split, final)", "mean loops", "accuracy", series, front, "Pareto front"
     )
-    best, notes, panels = sweep.best_trial(), [], [scatter]
+    best, notes, panels = sweep.best_setting(), [], [scatter]
     if best is not None and grid_rules(best):
         panels.append(threshold_panel(best, f"{best_label(sweep, best)}: threshold grid (cells: mean loops)"))
     else:
@@ -129,25 +160,31 @@ def halting(sweep: Sweep) -> Figure:
     return Figure("halting", f"Adaptive halting: accuracy against loops ({sweep.experiment})", panels, notes)
 
 
-def rule_series(trial: Trial) -> Series:
-    """The trial's halting rules as (mean loops, accuracy) points: the grid, else the configured rule
+def rule_series(setting: Setting) -> Series:
+    """The setting's halting rules as (mean loops, accuracy) points: the grid, else the configured rule
     (a trial stopped early never reported the grid, which comes at the end)."""
-    prefixes = {name: f"halting/id/{name}" for name in grid_rules(trial)} or {"configured rule": "halting/id"}
+    prefixes = {name: f"halting/id/{name}" for name in grid_rules(setting)} or {"configured rule": "halting/id"}
     points = [
-        (name, trial.metrics[f"{prefix}/mean_loops"], trial.metrics[f"{prefix}/acc"])
+        (name, prefix, setting.metrics[f"{prefix}/mean_loops"], setting.metrics[f"{prefix}/acc"])
         for name, prefix in prefixes.items()
-        if f"{prefix}/mean_loops" in trial.metrics and f"{prefix}/acc" in trial.metrics
+        if f"{prefix}/mean_loops" in setting.metrics and f"{prefix}/acc" in setting.metrics
     ]
-    names, x, y = zip(*points) if points else ((), (), ())
-    return Series(trial.name, list(x), list(y), [f"{trial.name}: {name}" for name in names])
+
+    def text(name: str, prefix: str) -> str:
+        if setting.n == 1:
+            return f"{setting.name}: {name}"
+        acc, loops = setting.spread[f"{prefix}/acc"], setting.spread[f"{prefix}/mean_loops"]
+        return f"{setting.name}: {name}<br>accuracy {acc.text()}<br>mean loops {loops.text(2)}"
+
+    return Series(setting.name, [p[2] for p in points], [p[3] for p in points], [text(n, p) for n, p, _, _ in points])
 
 
-def grid_rules(trial: Trial) -> dict[str, tuple[str, str]]:
+def grid_rules(trial: Trial | Setting) -> dict[str, tuple[str, str]]:
     """Rule name -> (KL threshold, entropy threshold) as written in the metric names."""
     return {m["rule"]: (m["kl"], m["h"]) for key in trial.metrics if (m := GRID_RULE.fullmatch(key))}
 
 
-def threshold_panel(trial: Trial, title: str) -> Heatmap:
+def threshold_panel(trial: Setting, title: str) -> Heatmap:
     rules = grid_rules(trial)
     kl = sorted({k for k, _ in rules.values()}, key=threshold_order)
     entropy = sorted({h for _, h in rules.values()}, key=threshold_order)
@@ -165,6 +202,9 @@ def threshold_panel(trial: Trial, title: str) -> Heatmap:
         entropy,
         [[value(name, "acc") for name in row] for row in names],
         cell_text=[["" if name is None else f"{value(name, 'mean_loops'):.1f}" for name in row] for row in names],
+        spread_text=None if trial.n == 1 else [
+            ["" if name is None else trial.spread[f"halting/id/{name}/acc"].text() for name in row] for row in names
+        ],
     )
     configured = tuple(threshold_label(trial.params.get(f"eval.halt_{which}")) for which in ("kl", "entropy"))
     return with_marks(panel, [Marks("configured rule", [configured], "square-open")] if configured in cell else [])
@@ -193,9 +233,9 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 
 
 def depth(sweep: Sweep) -> Figure:
-    """Accuracy over inference loops per hop count for the best trial, the untrained (deeper) hop
+    """Accuracy over inference loops per hop count for the best setting, the untrained (deeper) hop
     counts above a line: does looping longer answer deeper queries than those trained?"""
-    best = sweep.best_trial()
+    best = sweep.best_setting()
     if best is None or not hops_by_loop(best, "id"):
         raise Unsupported(f"no per-hop, per-loop accuracy of a best trial (by {sweep.metric})")
     trained = best.number("data.train_max_hops")
@@ -208,14 +248,18 @@ def depth(sweep: Sweep) -> Figure:
     return Figure("depth", f"Depth extrapolation: accuracy per hop count ({sweep.experiment})", [panel])
 
 
-def hops_by_loop(trial: Trial, split: str) -> dict[int, dict[int, float]]:
-    """Final accuracy by hop count, then by inference loop."""
-    hops = numbered(trial.metrics, f"acc/{split}", "hops")
-    return {k: by_loop for k in sorted(hops) if (by_loop := numbered(trial.metrics, f"acc/{split}/hops_{k}", "loop"))}
+def hops_by_loop(setting: Setting, split: str) -> dict[int, dict[int, Spread]]:
+    """Final accuracy (mean and spread over replicates) by hop count, then by inference loop."""
+    by_hops = {}
+    for k in sorted(numbered_keys(setting.spread, f"acc/{split}", "hops")):
+        loops = numbered_keys(setting.spread, f"acc/{split}/hops_{k}", "loop")
+        if loops:
+            by_hops[k] = {t: setting.spread[key] for t, key in loops.items()}
+    return by_hops
 
 
-def hop_loop_panel(trial: Trial, title: str) -> Heatmap:
-    """Hop counts (y) x inference loops (x) of one trial (split id), the peak of each hop count marked
+def hop_loop_panel(trial: Setting, title: str) -> Heatmap:
+    """Hop counts (y) x inference loops (x) of one setting (split id), the peak of each hop count marked
     and the trained loop count as a vertical line."""
     panel = grid_panel(hops_by_loop(trial, "id"), title, "inference loops", "hops")
     trained = trial.number("train.train_loops")
@@ -224,12 +268,21 @@ def hop_loop_panel(trial: Trial, title: str) -> Heatmap:
     return with_marks(panel, [row_peaks(panel)])
 
 
-def grid_panel(rows: Mapping[Hashable, Mapping[float, float]], title: str, x_title: str, y_title: str) -> Heatmap:
+def grid_panel(
+    rows: Mapping[Hashable, Mapping[float, float | Spread]], title: str, x_title: str, y_title: str
+) -> Heatmap:
     """A heatmap of rows (in the given order) over the sorted union of their columns; NaN where a row
-    has no value."""
+    has no value. A cell given as a ``Spread`` shows its mean, and its spread on hover where any cell
+    averages several replicates."""
     columns = union(rows.values())
-    values = [[row.get(column, math.nan) for column in columns] for row in rows.values()]
-    return Heatmap(title, x_title, y_title, [label(c) for c in columns], [label(r) for r in rows], values)
+    cells = [[row.get(column, math.nan) for column in columns] for row in rows.values()]
+    values = [[cell.mean if isinstance(cell, Spread) else cell for cell in row] for row in cells]
+    replicated = any(isinstance(cell, Spread) and cell.n > 1 for row in cells for cell in row)
+    spread_text = [[cell.text() if isinstance(cell, Spread) and cell.n else "" for cell in row] for row in cells]
+    return Heatmap(
+        title, x_title, y_title, [label(c) for c in columns], [label(r) for r in rows], values,
+        spread_text=spread_text if replicated else None,
+    )
 
 
 def row_peaks(panel: Heatmap) -> Marks:
@@ -257,8 +310,11 @@ def label(value: Hashable) -> str:
     return str(value)
 
 
-def best_label(sweep: Sweep, best: Trial) -> str:
-    return f"best trial {best.name} ({sweep.metric} = {best.metrics[sweep.metric]:.3f})"
+def best_label(sweep: Sweep, best: Setting) -> str:
+    """``best trial NAME (metric = 0.420)``; for replicates ``best setting NAME (metric = 0.420 ± 0.050 (n=3))``."""
+    if best.n == 1:
+        return f"best trial {best.name} ({sweep.metric} = {best.metrics[sweep.metric]:.3f})"
+    return f"best setting {best.name} ({sweep.metric} = {best.spread[sweep.metric].text()})"
 
 
 DIAGRAMS: dict[str, Callable[[Sweep], Figure]] = {
@@ -271,8 +327,8 @@ DIAGRAMS: dict[str, Callable[[Sweep], Figure]] = {
 
 @dataclass(frozen=True)
 class Report:
-    """What ``draw_report`` did: files written (each also logged under ``diagrams/`` of the parent run)
-    and notes on what it skipped and why."""
+    """What ``draw_report`` did: files written (each also logged under ``diagrams/`` of the parent run;
+    for a replicated sweep ``summary.csv`` and ``summary.md`` too) and notes on what it skipped and why."""
 
     parent_run_id: str
     files: list[Path]
@@ -307,7 +363,9 @@ def draw_report(
             notes.append(f"{name}: skipped: {reason}")
             continue
         notes += [f"{name}: {note}" for note in figure.notes]
-        for path in (write_png(figure, out / f"{name}.png"), write_html(figure, out / f"{name}.html")):
-            sweep.client.log_artifact(sweep.parent_run_id, str(path), ARTIFACT_DIR)
-            files.append(path)
+        files += [write_png(figure, out / f"{name}.png"), write_html(figure, out / f"{name}.html")]
+    if sweep.replicated:  # per-setting means, stds and n of the sweep's metric and the phase onsets
+        files += write_summary(sweep, out)
+    for path in files:
+        sweep.client.log_artifact(sweep.parent_run_id, str(path), ARTIFACT_DIR)
     return Report(sweep.parent_run_id, files, notes)

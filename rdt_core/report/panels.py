@@ -19,6 +19,7 @@ class Marks:
     label: str
     points: list[tuple[str, str]]  # (x label, y label)
     symbol: str = "star"
+    text: list[str] | None = None  # hover text of each point (HTML), e.g. a mean onset ± its spread
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class Heatmap:
     marks: list[Marks] = field(default_factory=list)
     lines: list[Line] = field(default_factory=list)
     cell_text: list[list[str]] | None = None  # written in each cell, e.g. mean loops
+    spread_text: list[list[str]] | None = None  # hover value of each cell where it is a mean over replicates
 
 
 @dataclass(frozen=True)

@@ -135,13 +135,15 @@ def write_html(figure: Figure, path: Path) -> Path:
 
 
 def html_heatmap(drawing: go.Figure, panel: Heatmap, col: int, shown: set[str]) -> None:
-    hover = f"{panel.x_title}: %{{x}}<br>{panel.y_title}: %{{y}}<br>accuracy: %{{z:.3f}}"
+    value = "%{customdata}" if panel.spread_text else "%{z:.3f}"  # mean ± std (n) over replicates
+    hover = f"{panel.x_title}: %{{x}}<br>{panel.y_title}: %{{y}}<br>accuracy: {value}"
     drawing.add_trace(
         go.Heatmap(
             x=panel.x,
             y=panel.y,
             z=[[None if math.isnan(v) else v for v in row] for row in panel.values],
             coloraxis="coloraxis",
+            customdata=panel.spread_text,
             text=panel.cell_text,
             texttemplate="%{text}" if panel.cell_text else None,
             hovertemplate=hover + ("<br>%{text}" if panel.cell_text else "") + "<extra></extra>",
@@ -159,6 +161,8 @@ def html_heatmap(drawing: go.Figure, panel: Heatmap, col: int, shown: set[str]) 
                 y=[y for _, y in mark.points],
                 mode="markers",
                 name=mark.label,
+                text=mark.text,
+                hovertemplate="%{text}<extra></extra>" if mark.text else None,
                 legendgroup=mark.label,
                 showlegend=mark.label not in shown,
                 marker={

@@ -3,15 +3,20 @@
 The diagrams need the final value of many metrics per trial (``run.data.metrics`` already holds the
 latest value of every key, so no per-key request), and the history of a few (``Sweep.history``).
 Metric names follow ``rdt_core.eval``: ``acc/<split>[/hops_<k>][/loop_<t>]``.
+
+Trials that differ only in their seeds (a replicated sweep's ``replicate`` index, ``train.seed``,
+``data.seed``) are one :class:`Setting`: the diagrams draw the mean over its replicates, with the spread.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+import statistics
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
@@ -19,6 +24,10 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 DEFAULT_METRIC, DEFAULT_MODE = "acc/id", "max"  # the best trial's criterion when the parent has none
+# The param of a replicated sweep's replicate index: ``rdt_core.sweep.spec.REPLICATE_KEY`` (the report does
+# not import the sweep); with the seeds it sets, what replicates of one setting differ in.
+REPLICATE_PARAM = "replicate"
+SEED_PARAMS = frozenset({REPLICATE_PARAM, "train.seed", "data.seed"})
 
 
 class ReportError(ValueError):
@@ -42,6 +51,80 @@ class Trial:
             return None
 
 
+@dataclass(frozen=True)
+class Spread:
+    """Mean, sample standard deviation (NaN for one value) and number of the values of one replicated
+    quantity; the values that are not finite are left out."""
+
+    mean: float
+    std: float
+    n: int
+
+    @classmethod
+    def of(cls, values: Iterable[float]) -> "Spread":
+        finite = [value for value in values if math.isfinite(value)]
+        if not finite:
+            return cls(math.nan, math.nan, 0)
+        std = statistics.stdev(finite) if len(finite) > 1 else math.nan
+        return cls(statistics.fmean(finite), std, len(finite))
+
+    def text(self, digits: int = 3, of: int | None = None) -> str:
+        """``0.420 ± 0.050 (n=3)``; ``(n=2 of 3)`` when ``of`` replicates were expected."""
+        count = f"n={self.n}" + (f" of {of}" if of is not None and of != self.n else "")
+        spread = f" ± {self.std:.{digits}f}" if self.n > 1 else ""
+        return f"{self.mean:.{digits}f}{spread} ({count})"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """The trials of one setting (replicates, which differ only in their seeds) as one: the params they
+    share and, per metric, the mean over the replicates that report it and its spread."""
+
+    name: str
+    params: dict[str, str]
+    replicates: tuple[Trial, ...]
+    spread: dict[str, Spread] = field(default_factory=dict)
+
+    @cached_property
+    def metrics(self) -> dict[str, float]:
+        return {key: spread.mean for key, spread in self.spread.items()}
+
+    @property
+    def n(self) -> int:
+        return len(self.replicates)
+
+    def number(self, key: str) -> float | None:
+        """A numeric param shared by the replicates, or None (as :meth:`Trial.number`)."""
+        try:
+            return float(self.params[key])
+        except (KeyError, ValueError):
+            return None
+
+
+def setting_key(trial: Trial) -> tuple[tuple[str, str], ...]:
+    """What a trial's setting is: its params but the seeds."""
+    return tuple(sorted((key, value) for key, value in trial.params.items() if key not in SEED_PARAMS))
+
+
+def group_replicates(trials: list[Trial]) -> list[Setting]:
+    """The trials as settings, in the order of their first trial; a setting of one trial keeps its
+    name, params and metrics; one of several is named after its first trial (``sweep-000 ×3``)."""
+    groups: dict[tuple, list[Trial]] = {}
+    for trial in trials:
+        groups.setdefault(setting_key(trial), []).append(trial)
+    settings = []
+    for replicates in groups.values():
+        keys = sorted({key for trial in replicates for key in trial.metrics})
+        first = replicates[0]
+        settings.append(Setting(
+            first.name if len(replicates) == 1 else f"{first.name} ×{len(replicates)}",
+            first.params if len(replicates) == 1 else dict(setting_key(first)),
+            tuple(replicates),
+            {key: Spread.of(t.metrics[key] for t in replicates if key in t.metrics) for key in keys},
+        ))
+    return settings
+
+
 @dataclass
 class Sweep:
     """The parent run, its trials, and the criterion that picks the best trial."""
@@ -59,13 +142,29 @@ class Sweep:
         entries = sorted(self.client.get_metric_history(trial.run_id, key), key=lambda m: (m.step, m.timestamp))
         return {entry.step: entry.value for entry in entries}
 
-    def best_trial(self) -> Trial | None:
-        """The trial with the best final value of the sweep's metric; None when no trial reports it."""
-        scored = [t for t in self.trials if math.isfinite(t.metrics.get(self.metric, math.nan))]
+    def setting_history(self, setting: Setting, key: str) -> dict[int, Spread]:
+        """Mean and spread by step of one metric over the replicates of a setting."""
+        histories = [self.history(trial, key) for trial in setting.replicates]
+        steps = sorted({step for history in histories for step in history})
+        return {step: Spread.of(h[step] for h in histories if step in h) for step in steps}
+
+    @cached_property
+    def settings(self) -> list[Setting]:
+        """The trials grouped into settings (one per trial unless the sweep replicates over seeds)."""
+        return group_replicates(self.trials)
+
+    @property
+    def replicated(self) -> bool:
+        return any(setting.n > 1 for setting in self.settings)
+
+    def best_setting(self) -> Setting | None:
+        """The setting with the best mean (over its replicates) of the sweep's metric; None when no
+        trial reports it."""
+        scored = [s for s in self.settings if math.isfinite(s.metrics.get(self.metric, math.nan))]
         if not scored:
             return None
         pick = max if self.mode == "max" else min
-        return pick(scored, key=lambda t: t.metrics[self.metric])
+        return pick(scored, key=lambda s: s.metrics[self.metric])
 
 
 def open_store(tracking_uri: str) -> MlflowClient:
@@ -135,10 +234,15 @@ def runs_of(client: MlflowClient, experiment_id: str, filter_string: str) -> Ite
 def numbered(metrics: dict[str, float], prefix: str, word: str) -> dict[int, float]:
     """``{n: value}`` of the keys ``<prefix>/<word>_<n>``: ``numbered(m, "acc/id", "loop")`` is accuracy
     by inference loop, ``numbered(m, "acc/id", "hops")`` by hop count."""
+    return {n: metrics[key] for n, key in numbered_keys(metrics, prefix, word).items()}
+
+
+def numbered_keys(metrics: Iterable[str], prefix: str, word: str) -> dict[int, str]:
+    """``{n: key}`` of the keys ``<prefix>/<word>_<n>``."""
     pattern = re.compile(rf"{re.escape(prefix)}/{word}_(\d+)")
-    return {int(match[1]): value for key, value in metrics.items() if (match := pattern.fullmatch(key))}
+    return {int(match[1]): key for key in metrics if (match := pattern.fullmatch(key))}
 
 
-def splits_of(trials: list[Trial]) -> list[str]:
+def splits_of(trials: list[Trial] | list[Setting]) -> list[str]:
     """The evaluation splits that any trial reports, in the order train, id, ood."""
     return [split for split in ("train", "id", "ood") if any(f"acc/{split}" in t.metrics for t in trials)]

@@ -7,8 +7,8 @@ from typing import Any, Mapping
 from ray import tune
 from ray.train import Checkpoint
 
-from rdt_core.config import ExperimentConfig
 from rdt_core.sweep.outbox import Outbox, trial_key
+from rdt_core.sweep.spec import trial_params
 from rdt_core.sweep.storage import is_local
 from rdt_core.sweep.tracking import metrics_of, per_loop_table
 
@@ -38,7 +38,7 @@ class MlflowTrialCallback(tune.Callback):
             self.outbox.reopen(trial_key(trial.trial_id))
             return
         self.started.add(trial.trial_id)
-        params = ExperimentConfig.from_dict(self.base, trial.config).to_flat_dict()
+        params = trial_params(self.base, trial.config)  # the real seeds, and the replicate index if any
         self.outbox.start_trial_run(trial.trial_id, params=params, tags={})
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:

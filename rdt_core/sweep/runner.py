@@ -47,7 +47,7 @@ from rdt_core.sweep.search import (
     pareto_front,
     tune_search_space,
 )
-from rdt_core.sweep.spec import SweepSpec
+from rdt_core.sweep.spec import SweepSpec, trial_config
 from rdt_core.sweep.storage import tune_filesystem
 from rdt_core.sweep.outbox import PARENT, Outbox, outbox_path
 from rdt_core.sweep.tracking import (
@@ -110,7 +110,7 @@ def train_resuming(config: ExperimentConfig, reporter: Reporter, latest: Any) ->
 
 def run_single_worker_trial(overrides: dict[str, Any], base: dict[str, Any]) -> None:
     """A whole trial in its Tune actor: the cheapest path for small models."""
-    config = ExperimentConfig.from_dict(base, overrides)
+    config = trial_config(base, overrides)
     train_resuming(config, checkpointing_reporter(tune.report, tune.Checkpoint), tune.get_checkpoint())
 
 
@@ -123,7 +123,7 @@ def run_inference_trial(overrides: dict[str, Any], checkpoint_bytes: bytes) -> N
 
 def data_parallel_worker(loop_config: dict[str, Any]) -> None:
     """One Ray Train worker: the same ``train_worker``, reporting to Ray Train."""
-    config = ExperimentConfig.from_dict(loop_config["base"], loop_config["overrides"])
+    config = trial_config(loop_config["base"], loop_config["overrides"])
     reporter = checkpointing_reporter(ray_train.report, ray_train.Checkpoint)
     train_resuming(config, reporter, ray_train.get_checkpoint())
 
@@ -226,6 +226,7 @@ class SweepPlan:
             "spec": self.spec_path,
             "objectives": [{"metric": metric, "mode": mode} for metric, mode in zip(metrics, modes)],
             "trials": spec.trial_count(),
+            "seeds": spec.seeds,
             "max_concurrent_trials": spec.max_concurrent_trials,
             "sampler": spec.sampler.model_dump(),
             "scheduler": spec.scheduler.model_dump(),

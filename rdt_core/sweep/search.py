@@ -12,12 +12,13 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.utils.util import unflatten_dict
 
-from rdt_core.sweep.spec import Choice, FloatRange, IntRange, SweepSpec
+from rdt_core.sweep.spec import REPLICATE_KEY, Choice, FloatRange, IntRange, SweepSpec
 from rdt_core.train import FINAL_REPORT_KEY
 
 
 def tune_search_space(spec: SweepSpec) -> dict[str, Any]:
-    """The spec's distributions as Tune domains, keyed by dotted config key."""
+    """The spec's distributions as Tune domains, keyed by dotted config key, and the replicate index
+    (``REPLICATE_KEY``, a grid dimension) when ``seeds > 1``; ``spec.trial_config`` reads it."""
     space: dict[str, Any] = {}
     for key, distribution in spec.search_space.items():
         if isinstance(distribution, IntRange):
@@ -28,6 +29,8 @@ def tune_search_space(spec: SweepSpec) -> dict[str, Any]:
             space[key] = tune.uniform(distribution.low, distribution.high)
         elif isinstance(distribution, Choice):  # grid values too: the GridSampler walks them
             space[key] = tune.choice(distribution.values)
+    if spec.seeds > 1:
+        space[REPLICATE_KEY] = tune.choice(list(range(spec.seeds)))
     return space
 
 
@@ -153,8 +156,7 @@ def make_sampler(spec: SweepSpec, seed_offset: int = 0) -> optuna.samplers.BaseS
     seed = spec.sampler.seed + seed_offset
     kind = spec.sampler.type
     if kind == "grid":
-        grid = {key: dist.bounds() for key, dist in spec.search_space.items()}
-        return optuna.samplers.GridSampler(grid, seed=seed)
+        return optuna.samplers.GridSampler(spec.grid(), seed=seed)  # the replicate index included
     if kind == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=seed)
     if kind == "random":

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Mapping, Union
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
@@ -28,6 +28,11 @@ from rdt_core.train import reported_metric_names
 
 class SpecError(ValueError):
     """Invalid sweep spec; the message is one line: ``FILE: KEY: what is wrong``."""
+
+
+# The search-space key of the replicate index (0..seeds-1) of a replicated grid sweep: one more grid
+# dimension, logged as a param of each child run. The report reads it by the same name.
+REPLICATE_KEY = "replicate"
 
 
 class IntRange(StrictModel):
@@ -135,6 +140,9 @@ class SweepSpec(StrictModel):
     metric: str | list[str] = Field("acc/id", description="objective(s); a list for several")
     mode: Literal["max", "min"] | list[Literal["max", "min"]] = "max"
     num_samples: int | None = Field(None, ge=1, description="trials; default 4, or the grid's size")
+    seeds: int = Field(
+        1, ge=1, description="replicates of every grid setting; replicate i adds i to train.seed and data.seed"
+    )
     max_concurrent_trials: int = Field(2, ge=1)
     sampler: Sampler = Sampler()
     scheduler: Scheduler = Scheduler()
@@ -163,6 +171,13 @@ class SweepSpec(StrictModel):
             return "scheduler.type", f"{self.scheduler.type!r} stops trials on one metric, not {len(metrics)}"
         if len(metrics) > 1 and self.sampler.type == "cmaes":
             return "sampler.type", "'cmaes' optimises one metric; use 'nsga2' for several"
+        if self.seeds > 1 and self.sampler.type != "grid":
+            return "seeds", (
+                f"{self.seeds} replicates of searched settings need sampler.type: grid "
+                f"(not {self.sampler.type!r}; replicas inside a trial come later)"
+            )
+        if self.seeds > 1 and self.trained_model is not None:
+            return "seeds", "with trained_model nothing is trained: replicates (train.seed, data.seed) need training"
         for key, distribution in self.search_space.items():
             if distribution.type == "grid" and self.sampler.type != "grid":
                 return f"search_space.{key}", "a grid needs sampler.type 'grid'"
@@ -179,7 +194,8 @@ class SweepSpec(StrictModel):
             if not self.search_space:
                 return "search_space", "sampler 'grid' needs at least one grid of values"
             if self.num_samples is not None and self.num_samples != self.grid_size():
-                return "num_samples", f"{self.num_samples} differs from the grid's {self.grid_size()} points"
+                replicated = f" ({self.seeds} seeds each)" if self.seeds > 1 else ""
+                return "num_samples", f"{self.num_samples} differs from the grid's {self.grid_size()} points{replicated}"
         return None
 
     def objectives(self) -> tuple[list[str], list[str]]:
@@ -188,8 +204,16 @@ class SweepSpec(StrictModel):
         modes = self.mode if isinstance(self.mode, list) else [self.mode]
         return metrics, modes
 
+    def grid(self) -> dict[str, list[Any]]:
+        """The values of every search key, and the replicate index (``0..seeds-1``) when ``seeds > 1``."""
+        grid = {key: dist.bounds() for key, dist in self.search_space.items()}
+        if self.seeds > 1:
+            grid[REPLICATE_KEY] = list(range(self.seeds))
+        return grid
+
     def grid_size(self) -> int:
-        return math.prod(len(dist.bounds()) for dist in self.search_space.values())
+        """Grid points (trials of a grid sweep): settings times seeds."""
+        return math.prod(len(values) for values in self.grid().values())
 
     def trial_count(self) -> int:
         if self.num_samples is not None:
@@ -198,6 +222,28 @@ class SweepSpec(StrictModel):
 
     def base_config(self) -> ExperimentConfig:
         return ExperimentConfig.from_dict(self.base)
+
+
+def trial_config(base: Mapping[str, Any], params: Mapping[str, Any]) -> ExperimentConfig:
+    """One trial's config: ``base`` (nested) under the trial's search-space values (dotted keys). The
+    replicate index i, when there is one, adds i to the setting's ``train.seed`` and ``data.seed``, so
+    that replicate 0 is the setting itself and the others train other models on other graphs."""
+    overrides = dict(params)
+    replicate = int(overrides.pop(REPLICATE_KEY, 0))
+    config = ExperimentConfig.from_dict(base, overrides)
+    if not replicate:
+        return config
+    seeds = {"train.seed": config.train.seed + replicate, "data.seed": config.data.seed + replicate}
+    return ExperimentConfig.from_dict(config.model_dump(), seeds)
+
+
+def trial_params(base: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+    """What a trial's MLflow run logs as params: its whole config, flattened (real seeds included),
+    and its replicate index when it has one."""
+    logged = trial_config(base, params).to_flat_dict()
+    if REPLICATE_KEY in params:
+        logged[REPLICATE_KEY] = params[REPLICATE_KEY]
+    return logged
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> SweepSpec:

@@ -3,7 +3,9 @@ them (parent run, one child run per trial, every metric at every evaluation step
 
 from __future__ import annotations
 
+import csv
 import math
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +18,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from rdt_core.report import DIAGRAMS, ReportError, draw_report, pareto_front
 from rdt_core.report.__main__ import main
 from rdt_core.report.diagrams import depth, grokking, halting, overthinking
-from rdt_core.report.runs import load_sweep
+from rdt_core.report.runs import REPLICATE_PARAM, Spread, Sweep, Trial, group_replicates, load_sweep
 
 MAX_LOOPS, STEPS, PHASE_LEVEL = 6, [0, 100, 200, 300, 400, 500], 0.5
 KL_GRID, ENTROPY_GRID = ["off", "0.0001", "0.01", "1"], ["off", "0.5", "2"]
@@ -77,6 +79,9 @@ def log_sweep(client: MlflowClient, root: Path, name: str, trials: list[dict], o
             "eval.halt_kl": 0.01,
             "eval.halt_entropy": None,
         }
+        if "replicate" in trial:  # as a replicated sweep logs it: the index and the seeds it set
+            params |= {REPLICATE_PARAM: trial["replicate"], "train.seed": trial["replicate"],
+                       "data.seed": 3 + trial["replicate"]}
         metrics, reached = [], {}
         for step in STEPS:
             values = trial_metrics(step, trial, splits, last=step == STEPS[-1])
@@ -103,6 +108,16 @@ GROKKING_TRIALS = [  # the second is best by acc/id (highest quality)
 ]
 
 
+# Two settings (the second and third above: same trained loops), three seeds each, in the grid sampler's
+# mixed order. Setting 1 has the best trial, setting 0 the best mean.
+REPLICATED_SETTINGS = {0: GROKKING_TRIALS[1], 1: GROKKING_TRIALS[2]}
+REPLICATED_QUALITY = {0: [0.8, 0.6, 0.7], 1: [0.9, 0.5, 0.4]}
+REPLICATED_TRIALS = [
+    {**REPLICATED_SETTINGS[setting], "quality": REPLICATED_QUALITY[setting][replicate], "replicate": replicate}
+    for replicate, setting in [(0, 0), (0, 1), (1, 1), (1, 0), (2, 0), (2, 1)]
+]
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> dict:
     """One store for the module: ``full`` (ood split, deeper test queries, halting grids) and
@@ -112,7 +127,8 @@ def store(tmp_path_factory) -> dict:
     client = MlflowClient(uri)
     full = log_sweep(client, root, "full", GROKKING_TRIALS, ood=True, test_max_hops=4)
     no_ood = log_sweep(client, root, "no-ood", GROKKING_TRIALS[:2], ood=False, test_max_hops=2)
-    return {"uri": uri, "root": root, "client": client, "full": full, "no-ood": no_ood}
+    replicated = log_sweep(client, root, "replicated", REPLICATED_TRIALS, ood=True, test_max_hops=4)
+    return {"uri": uri, "root": root, "client": client, "full": full, "no-ood": no_ood, "replicated": replicated}
 
 
 def test_draws_every_diagram_as_png_and_html_and_logs_them_to_the_parent_run(store, tmp_path):
@@ -228,3 +244,103 @@ def test_cli_exits_2_for_an_unknown_diagram_and_prints_the_artifacts_it_writes(s
         f"runs:/{store['full']}/diagrams/depth.png",
         f"runs:/{store['full']}/diagrams/depth.html",
     ]
+
+
+def hand_made(name: str, replicate: int | None, lr: str, **metrics: float) -> Trial:
+    params = {"train.lr": lr, "train.train_loops": "4"}
+    if replicate is not None:
+        params |= {REPLICATE_PARAM: str(replicate), "train.seed": str(replicate), "data.seed": str(10 + replicate)}
+    return Trial(f"run-{name}", name, params, {key.replace("_", "/"): value for key, value in metrics.items()})
+
+
+def test_replicates_are_one_setting_with_the_mean_and_sample_std_of_each_metric():
+    trials = [
+        hand_made("s-000", 0, "0.01", acc_id=0.4, acc_ood=0.1),
+        hand_made("s-001", 0, "0.02", acc_id=0.9),
+        hand_made("s-002", 1, "0.01", acc_id=0.5, acc_ood=0.3),
+        hand_made("s-003", 2, "0.01", acc_id=0.6),  # never reported acc/ood
+    ]
+    first, second = group_replicates(trials)
+
+    assert [t.name for t in first.replicates] == ["s-000", "s-002", "s-003"] and first.n == 3
+    assert first.name == "s-000 ×3" and first.params == {"train.lr": "0.01", "train.train_loops": "4"}
+    assert first.metrics["acc/id"] == pytest.approx(0.5)
+    assert first.spread["acc/id"].std == pytest.approx(0.1)  # sample std: sqrt(((-0.1)² + 0² + 0.1²) / 2)
+    assert first.spread["acc/ood"] == Spread(pytest.approx(0.2), pytest.approx(math.sqrt(0.02)), 2)
+    assert first.spread["acc/id"].text() == "0.500 ± 0.100 (n=3)"
+    assert first.spread["acc/ood"].text(2, of=3) == "0.20 ± 0.14 (n=2 of 3)"
+    assert (second.name, second.n, second.metrics) == ("s-001", 1, {"acc/id": 0.9})
+
+
+def test_trials_that_differ_only_in_their_seeds_are_one_setting_without_a_replicate_param():
+    trials = [Trial(f"r{i}", f"t-{i}", {"train.lr": "0.01", "train.seed": str(i), "data.seed": str(i)}, {"acc/id": v})
+              for i, v in enumerate([0.2, 0.4])]
+    (setting,) = group_replicates(trials)
+    assert setting.n == 2 and setting.metrics["acc/id"] == pytest.approx(0.3)
+
+
+def test_one_trial_per_setting_is_left_as_it_was():
+    trials = [hand_made("s-000", None, "0.01", acc_id=0.4), hand_made("s-001", None, "0.02", acc_id=0.9)]
+    settings = group_replicates(trials)
+    assert [(s.name, s.params, s.metrics, s.n) for s in settings] == [(t.name, t.params, t.metrics, 1) for t in trials]
+    assert settings[0].spread["acc/id"].text() == "0.400 (n=1)" and math.isnan(settings[0].spread["acc/id"].std)
+
+
+def test_the_best_setting_is_chosen_by_its_mean_not_by_its_best_replicate():
+    trials = [hand_made("a-0", 0, "0.01", acc_id=0.9), hand_made("a-1", 1, "0.01", acc_id=0.1),
+              hand_made("a-2", 2, "0.01", acc_id=0.2), hand_made("b-0", 0, "0.02", acc_id=0.6),
+              hand_made("b-1", 1, "0.02", acc_id=0.6), hand_made("b-2", 2, "0.02", acc_id=math.nan)]
+    best = Sweep(None, "hand-made", "parent", trials, "acc/id", "max").best_setting()
+    assert best.name == "b-0 ×3" and best.spread["acc/id"] == Spread(0.6, 0.0, 2)  # NaN left out
+    assert Sweep(None, "hand-made", "parent", trials, "acc/id", "min").best_setting().name == "a-0 ×3"
+
+
+def test_a_replicated_sweep_draws_one_setting_per_cell_with_its_spread_and_a_summary_table(store, tmp_path):
+    report = draw_report(store["uri"], "replicated", out_dir=tmp_path)
+    sweep = load_sweep(store["client"], "replicated")
+    by_setting = {s: [t for t in sweep.trials if t.params["data.n_entities"] == str(REPLICATED_SETTINGS[s]["n_entities"])]
+                  for s in (0, 1)}
+    acc = {s: [t.metrics["acc/id"] for t in trials] for s, trials in by_setting.items()}
+
+    assert report.notes == [] and {"summary.csv", "summary.md"} <= {path.name for path in report.files}
+    best_panel, _ = overthinking(sweep).panels
+    assert best_panel.title.startswith("best setting replicated-000 ×3")  # setting 0: best mean, not best trial
+    hop, loop = best_panel.y.index("2"), best_panel.x.index("3")
+    cell = [t.metrics["acc/id/hops_2/loop_03"] for t in by_setting[0]]
+    assert best_panel.values[hop][loop] == pytest.approx(statistics.fmean(cell))
+    assert best_panel.spread_text[hop][loop] == f"{statistics.fmean(cell):.3f} ± {statistics.stdev(cell):.3f} (n=3)"
+    assert "(n=3)" in (tmp_path / "overthinking.html").read_text()
+
+    train, in_distribution, _ = grokking(sweep).panels
+    assert train.y == ["N=32, φ=3.6", "N=64, φ=2.0"]  # one row per setting, not per trial
+    onsets = [t.metrics["phase/id/step"] for t in by_setting[0]]
+    mean, std = statistics.fmean(onsets), statistics.stdev(onsets)
+    assert in_distribution.marks[0].text[0] == f"N=32, φ=3.6: onset at step {mean:.0f} ± {std:.0f} (n=3)"
+    nearest = min(in_distribution.x, key=lambda step: abs(float(step) - mean))
+    assert in_distribution.marks[0].points[0] == (nearest, "N=32, φ=3.6")
+    reached = [t.metrics["phase/id/step"] for t in by_setting[1] if "phase/id/step" in t.metrics]
+    assert in_distribution.marks[0].text[1].endswith(f"(n={len(reached)} of 3)") and len(reached) < 3
+    scatter, grid = halting(sweep).panels
+    assert [series.name for series in scatter.series] == ["replicated-000 ×3", "replicated-001 ×3"]
+    assert grid.spread_text is not None and "(n=3)" in grid.spread_text[1][1]
+
+    with (tmp_path / "summary.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    assert [row["setting"] for row in rows] == ["replicated-000 ×3", "replicated-001 ×3"]
+    for row, setting in zip(rows, (0, 1)):
+        assert row["replicates"] == "3" and row["acc/id n"] == "3"
+        assert float(row["acc/id mean"]) == pytest.approx(sum(acc[setting]) / 3)
+        assert float(row["acc/id std"]) == pytest.approx(statistics.stdev(acc[setting]))
+        onsets = [t.metrics["phase/id/step"] for t in by_setting[setting] if "phase/id/step" in t.metrics]
+        assert float(row["phase/id/step mean"]) == pytest.approx(statistics.fmean(onsets))
+        assert row["phase/id/step n"] == str(len(onsets))
+    assert "best setting by its mean acc/id (max): replicated-000 ×3" in (tmp_path / "summary.md").read_text()
+
+
+def test_a_sweep_of_one_seed_draws_as_before(store):
+    sweep = load_sweep(store["client"], "full")
+    assert not sweep.replicated and [s.name for s in sweep.settings] == [t.name for t in sweep.trials]
+    panels = [panel for diagram in (overthinking, grokking, halting, depth) for panel in diagram(sweep).panels]
+    assert all(getattr(panel, "spread_text", None) is None for panel in panels)
+    assert all(mark.text is None for panel in panels for mark in getattr(panel, "marks", []))
+    assert overthinking(sweep).panels[0].title == f"best trial full-001 (acc/id = {sweep.trials[1].metrics['acc/id']:.3f}): id split"

@@ -9,7 +9,7 @@ import ray
 import yaml
 
 from rdt_core.sweep import cli
-from rdt_core.sweep.spec import SpecError, load_spec
+from rdt_core.sweep.spec import REPLICATE_KEY, SpecError, load_spec, trial_config, trial_params, validate_spec
 from tests.helpers import OUTSIDE_SETTINGS, REPO_ROOT, RUN_PY, isolated_env, load_smoke_spec, write_spec
 
 
@@ -72,6 +72,22 @@ INVALID = {
     "fractional GPUs above one": (smoke_with(resources__gpus_per_worker=1.5), "resources"),
     "more GPUs than any node": (smoke_with(resources__gpus_per_worker=64), "resources.gpus_per_worker"),
     "unknown phase diagram": (smoke_with(phase_diagrams=["loss"]), "phase_diagrams.0"),
+    "no seeds": (smoke_with(seeds=0), "seeds"),
+    "replicates of a searched setting (tpe)": (smoke_with(seeds=3), "seeds"),
+    "replicates of a searched setting (nsga2)": (
+        smoke_with(seeds=2, sampler={"type": "nsga2"}, metric=["acc/id", "halting/id/mean_loops"], mode=["max", "min"]),
+        "seeds",
+    ),
+    "replicates of an inference-only sweep": (
+        smoke_with(seeds=2, sampler={"type": "grid"}, trained_model={"mlflow_run": "0123"}, num_samples=...,
+                   search_space={"eval.halt_kl": {"type": "grid", "values": [0.01]}}),
+        "seeds",
+    ),
+    "grid size mismatch with seeds": (
+        smoke_with(sampler={"type": "grid"}, num_samples=2, seeds=3,
+                   search_space={"train.lr": {"type": "grid", "values": [0.01, 0.02]}}),
+        "num_samples",
+    ),
 }
 
 
@@ -189,3 +205,59 @@ def test_a_trial_that_cannot_fit_an_embedded_ray_exits_2_instead_of_waiting_fore
     lines = completed.stderr.strip().splitlines()
     assert len(lines) == 1 and "resources.gpus_per_worker" in lines[0]
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def grid_spec(seeds: int, **changes):
+    raw = smoke_with(sampler={"type": "grid"}, num_samples=..., search_space={
+        "train.train_loops": {"type": "grid", "values": [2, 3]}, "train.lr": {"type": "grid", "values": [0.01, 0.02, 0.03]}})
+    return validate_spec({**raw, "seeds": seeds, **changes}, "grid.yaml")
+
+
+def test_seeds_with_a_searched_sampler_fail_validation_naming_seeds_and_the_grid(tmp_path):
+    path = write_spec(tmp_path / "replicated.yaml", smoke_with(seeds=3, sampler={"type": "random"}))
+    with pytest.raises(SpecError) as caught:
+        load_spec(path)
+    assert str(caught.value).startswith(f"{path}: seeds: ") and "sampler.type: grid" in str(caught.value)
+    assert load_spec(path, ["seeds=1"]).seeds == 1  # one seed is what every sampler does already
+
+
+def test_seeds_multiply_the_grid_by_a_replicate_dimension():
+    single, replicated = grid_spec(1), grid_spec(3)
+    assert single.seeds == 1 and REPLICATE_KEY not in single.grid()  # seeds = 1: the grid as before
+    assert single.grid_size() == single.trial_count() == 6
+    assert replicated.grid()[REPLICATE_KEY] == [0, 1, 2]
+    assert replicated.grid_size() == replicated.trial_count() == 18
+    assert grid_spec(3, num_samples=18).trial_count() == 18
+
+
+def test_the_grid_sampler_walks_every_setting_once_per_replicate():
+    import optuna
+    from ray.tune.search.sample import Categorical
+
+    from rdt_core.sweep.search import make_sampler, tune_search_space
+
+    spec = grid_spec(3)
+    assert isinstance(tune_search_space(spec)[REPLICATE_KEY], Categorical)
+    assert REPLICATE_KEY not in tune_search_space(grid_spec(1))
+    study = optuna.create_study(sampler=make_sampler(spec))
+    study.optimize(lambda trial: sum(trial.suggest_categorical(k, v) for k, v in spec.grid().items()),
+                   n_trials=spec.trial_count())
+    walked = {(t.params["train.train_loops"], t.params["train.lr"], t.params[REPLICATE_KEY]) for t in study.trials}
+    assert len(walked) == 18 and {r for *_, r in walked} == {0, 1, 2}
+
+
+def test_replicate_i_trains_with_both_seeds_of_its_setting_plus_i():
+    base = {"train": {"seed": 5}, "data": {"seed": 7}, "model": {"max_loops": 6}}
+    first = trial_config(base, {"train.lr": 0.02, REPLICATE_KEY: 0})
+    third = trial_config(base, {"train.lr": 0.02, REPLICATE_KEY: 2})
+    assert (first.train.seed, first.data.seed) == (5, 7)  # replicate 0 is the setting itself
+    assert (third.train.seed, third.data.seed, third.train.lr) == (7, 9, 0.02)
+    searched = trial_config(base, {"train.seed": 10, REPLICATE_KEY: 1})  # a setting's own seed, searched
+    assert (searched.train.seed, searched.data.seed) == (11, 8)
+    assert trial_config(base, {"train.lr": 0.02}) == first  # no replicate key (seeds = 1): as before
+
+
+def test_a_replicates_run_logs_its_real_seeds_and_its_replicate_index():
+    logged = trial_params({"train": {"seed": 5}}, {"train.lr": 0.02, REPLICATE_KEY: 2})
+    assert logged[REPLICATE_KEY] == 2 and logged["train.seed"] == 7 and logged["data.seed"] == 2
+    assert REPLICATE_KEY not in trial_params({}, {"train.lr": 0.02})
