@@ -29,8 +29,12 @@ def phases() -> None:
     never-trained 3-hop queries at 12 inference loops (depth_looped_fixed.yaml)."""
     figure, panels = plt.subplots(1, 2, figsize=(10, 3.5), sharey=True)
     systematic = reports("phases")
-    curves = [("acc/train", "train (R = 4)"), ("acc/id", "id 2-hop (R = 4)"), ("acc/ood", "ood 2-hop (R = 4)")]
+    curves = [("acc/train", "train (R = 4)"), ("acc/id", "id 2-hop (R = 4)"), ("acc/ood", "ood 2-hop (R = 4)"),
+              ("acc/ood/chosen", "ood 2-hop (loops chosen on validation)")]
     draw_over_steps(panels[0], systematic, curves, "systematic split (20% of facts held out)")
+    null = systematic[-1]["null/ood/hops_2/structural"]
+    panels[0].axhline(null, color="red", linewidth=0.7, linestyle="--")
+    panels[0].annotate(f"ood structural null {null:.2f}", (0, null + 0.01), fontsize=7, color="red")
     deeper = reports("depth_looped_fixed")
     curves = [("acc/train", "train (R = 4)"), ("acc/id/hops_2", "id 2-hop (R = 4)"),
               ("acc/id/hops_3/loop_12", "id 3-hop, untrained depth (12 loops)")]
@@ -69,8 +73,10 @@ def overthinking() -> None:
 
 
 def depth() -> None:
-    figure, panels = plt.subplots(1, 2, figsize=(10, 3.5), sharey=True)
-    for axes, (name, title) in zip(panels, (("depth_looped_fixed", "looped, R = 4"), ("depth_vanilla", "vanilla, 4 distinct cores"))):
+    figure, panels = plt.subplots(1, 3, figsize=(14, 3.5), sharey=True)
+    runs = (("depth_looped_fixed", "looped, R = 4"), ("depth_unshared", "unshared: 4 cores, input re-injected"),
+            ("depth_vanilla", "vanilla: plain transformer, depth 4"))
+    for axes, (name, title) in zip(panels, runs):
         last = reports(name)[-1]
         for hops in (2, 3, 4):
             accuracy = by_loop(last, f"acc/id/hops_{hops}")
