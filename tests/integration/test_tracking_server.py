@@ -119,7 +119,7 @@ def test_a_server_gone_mid_sweep_loses_no_finished_trial(tmp_path):
         runs = client.search_runs([client.get_experiment_by_name("gone").experiment_id])
         (parent,) = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
         children = [run for run in runs if "mlflow.parentRunId" in run.data.tags]
-        assert parent.info.status == "FINISHED" and "best/acc/id" in parent.data.metrics
+        assert parent.info.status == "FINISHED" and "best/acc/id_val" in parent.data.metrics
         assert sorted(run.info.run_name for run in children) == ["gone-000", "gone-001"]
         for child in children:
             assert child.info.status == "FINISHED"
