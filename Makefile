@@ -22,11 +22,9 @@ demo: venv  ## the smoke sweep on an embedded local Ray, logging to sqlite:///ml
 
 # Three test processes (pytest-xdist): most of a sweep test is waiting on processes starting (the suite
 # keeps 2 cores busy a third of the time), so three at once fit 2 cores: 827 s against 919 s for two.
-# Work stealing: a worker that runs dry takes tests queued on the others, so the slow integration tests
-# never pile up behind one worker while two stand idle (seen with the default distribution).
 # Each test starts its own Ray in its own temp dir, so they do not meet.
 test: venv  ## the whole suite: unit, integration (real Ray + MLflow), end to end (ray job submit)
-	$(BIN)/python -m pytest -n 3 --dist worksteal
+	$(BIN)/python -m pytest -n 3
 
 test-fast: venv  ## unit tests only (about a minute)
 	$(BIN)/python -m pytest -m "not slow" -n 2
