@@ -117,6 +117,19 @@ def chosen_budgets(validation: SplitResult) -> dict[int, int]:
     return budgets
 
 
+def trained_hops_mask(result: SplitResult, config: ExperimentConfig) -> torch.Tensor:
+    """(Q,) bool: queries of the hop counts the split shares with training (all, when it shares none)."""
+    hop_counts = sorted(set(result.hops.tolist()))
+    trained = [hops for hops in hop_counts if hops <= config.data.train_max_hops] or hop_counts
+    return torch.isin(result.hops, torch.tensor(trained))
+
+
+def right_at_budgets(result: SplitResult, budgets: dict[int, int]) -> torch.Tensor:
+    """(Q,) bool: each query answered right at its hop count's loop budget."""
+    loops = torch.tensor([budgets[hops] for hops in result.hops.tolist()])  # (Q,)
+    return result.correct[loops - 1, torch.arange(len(loops))]
+
+
 def split_metrics(
     split: str,
     result: SplitResult,
@@ -128,9 +141,7 @@ def split_metrics(
     metrics: dict[str, float] = {}
     inference_loops = config.train.train_loops
     hop_counts = sorted(set(result.hops.tolist()))
-    trained = [hops for hops in hop_counts if hops <= config.data.train_max_hops] or hop_counts
-    in_trained = torch.isin(result.hops, torch.tensor(trained))  # (Q,)
-    query_index = torch.arange(result.correct.shape[1])
+    in_trained = trained_hops_mask(result, config)  # (Q,)
 
     def add_by_loop(prefix: str, columns: torch.Tensor) -> torch.Tensor:
         by_loop = result.correct[:, columns].float().mean(dim=1)  # (T,)
@@ -150,8 +161,7 @@ def split_metrics(
 
     if validation is not None:
         budgets = chosen_budgets(validation)
-        loops = torch.tensor([budgets[hops] for hops in result.hops.tolist()])  # (Q,) each query's budget
-        right = result.correct[loops - 1, query_index]  # (Q,)
+        right = right_at_budgets(result, budgets)  # (Q,)
         metrics[f"acc/{split}/chosen"] = right[in_trained].float().mean().item()
         for hops in hop_counts:
             metrics[f"loops_chosen/{split}/hops_{hops}"] = float(budgets[hops])
@@ -180,11 +190,8 @@ def validation_metrics(
     trained hop counts at the trained loop count (``acc/<split>_val``) and at the budgets this split
     chooses (``acc/<split>_val/chosen``, its best per hop count), and the configured halting rule."""
     hop_counts = sorted(set(result.hops.tolist()))
-    trained = [hops for hops in hop_counts if hops <= config.data.train_max_hops] or hop_counts
-    in_trained = torch.isin(result.hops, torch.tensor(trained))  # (Q,)
-    budgets = chosen_budgets(result)
-    loops = torch.tensor([budgets[hops] for hops in result.hops.tolist()])  # (Q,)
-    right = result.correct[loops - 1, torch.arange(len(loops))]  # (Q,)
+    in_trained = trained_hops_mask(result, config)  # (Q,)
+    right = right_at_budgets(result, chosen_budgets(result))  # (Q,)
     metrics = {
         f"acc/{split}": result.correct[config.train.train_loops - 1, in_trained].float().mean().item(),
         f"acc/{split}/chosen": right[in_trained].float().mean().item(),
