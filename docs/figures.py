@@ -11,6 +11,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from rdt_core.metrics import ACC, ACC_CHOSEN, ACC_HOPS, ACC_HOPS_LOOP, NULL, PHASE_STEP, names_of  # noqa: E402
+
 DOCS = Path(__file__).resolve().parent
 RUNS, FIGURES = DOCS / "runs", DOCS / "figures"
 
@@ -19,9 +21,11 @@ def reports(name: str) -> list[dict[str, float]]:
     return [json.loads(line) for line in (RUNS / f"{name}.jsonl").read_text().splitlines()]
 
 
-def by_loop(report: dict[str, float], prefix: str) -> list[float]:
-    loops = sorted(int(key.rsplit("_", 1)[1]) for key in report if key.startswith(f"{prefix}/loop_"))
-    return [report[f"{prefix}/loop_{loop:02d}"] for loop in loops]
+def by_loop(report: dict[str, float], split: str, hops: int) -> list[float]:
+    """Accuracy at inference loops 1, 2, ... of one split and hop count."""
+    found = names_of(ACC_HOPS_LOOP, report)
+    loops = sorted(v["loop"] for v in found.values() if (v["split"], v["hops"]) == (split, hops))
+    return [report[ACC_HOPS_LOOP.name(split=split, hops=hops, loop=loop)] for loop in loops]
 
 
 def phases() -> None:
@@ -29,15 +33,16 @@ def phases() -> None:
     never-trained 3-hop queries at 12 inference loops (depth_looped_fixed.yaml)."""
     figure, panels = plt.subplots(1, 2, figsize=(10, 3.5), sharey=True)
     systematic = reports("phases")
-    curves = [("acc/train", "train (R = 4)"), ("acc/id", "id 2-hop (R = 4)"), ("acc/ood", "ood 2-hop (R = 4)"),
-              ("acc/ood/chosen", "ood 2-hop (loops chosen on validation)")]
+    curves = [(ACC.name(split="train"), "train (R = 4)"), (ACC.name(split="id"), "id 2-hop (R = 4)"),
+              (ACC.name(split="ood"), "ood 2-hop (R = 4)"),
+              (ACC_CHOSEN.name(split="ood"), "ood 2-hop (loops chosen on validation)")]
     draw_over_steps(panels[0], systematic, curves, "systematic split (20% of facts held out)")
-    null = systematic[-1]["null/ood/hops_2/structural"]
+    null = systematic[-1][NULL.name(split="ood", hops=2, stat="structural")]
     panels[0].axhline(null, color="red", linewidth=0.7, linestyle="--")
     panels[0].annotate(f"ood structural null {null:.2f}", (0, null + 0.01), fontsize=7, color="red")
     deeper = reports("depth_looped_fixed")
-    curves = [("acc/train", "train (R = 4)"), ("acc/id/hops_2", "id 2-hop (R = 4)"),
-              ("acc/id/hops_3/loop_12", "id 3-hop, untrained depth (12 loops)")]
+    curves = [(ACC.name(split="train"), "train (R = 4)"), (ACC_HOPS.name(split="id", hops=2), "id 2-hop (R = 4)"),
+              (ACC_HOPS_LOOP.name(split="id", hops=3, loop=12), "id 3-hop, untrained depth (12 loops)")]
     draw_over_steps(panels[1], deeper, curves, "depth split (trained on 1-2 hops)")
     panels[0].set_ylabel("accuracy")
     save(figure, "phases.png")
@@ -48,7 +53,7 @@ def draw_over_steps(axes, runs: list[dict[str, float]], curves: list[tuple[str, 
     for metric, label in curves:
         axes.plot(steps, [run[metric] for run in runs], label=label)
     for split in ("train", "id", "ood"):
-        onset = runs[-1].get(f"phase/{split}/step")
+        onset = runs[-1].get(PHASE_STEP.name(split=split))
         if onset:
             axes.axvline(onset, color="grey", linestyle=":", linewidth=1)
             axes.annotate(f"{split} >= 0.9", (onset, 0.02), rotation=90, fontsize=7, color="grey")
@@ -59,7 +64,7 @@ def draw_over_steps(axes, runs: list[dict[str, float]], curves: list[tuple[str, 
 
 def overthinking() -> None:
     last = reports("depth_looped_fixed")[-1]
-    accuracy = by_loop(last, "acc/id/hops_2")
+    accuracy = by_loop(last, "id", 2)
     loops = range(1, len(accuracy) + 1)
     figure, axes = plt.subplots(figsize=(6, 3.5))
     axes.plot(loops, accuracy, marker="o")
@@ -79,7 +84,7 @@ def depth() -> None:
     for axes, (name, title) in zip(panels, runs):
         last = reports(name)[-1]
         for hops in (2, 3, 4):
-            accuracy = by_loop(last, f"acc/id/hops_{hops}")
+            accuracy = by_loop(last, "id", hops)
             axes.plot(range(1, len(accuracy) + 1), accuracy, marker="o", label=f"{hops} hops" + (" (trained)" if hops == 2 else ""))
         axes.axvline(4, color="grey", linestyle=":")
         axes.axhline(1 / 32, color="grey", linewidth=0.5)

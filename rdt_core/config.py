@@ -9,7 +9,7 @@ print one line naming the file and the key.
 from __future__ import annotations
 
 import copy
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, Mapping, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
@@ -29,7 +29,25 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class DataConfig(StrictModel):
+class ConfigSection(StrictModel):
+    """A config section, whose numbers are never booleans: YAML reads ``yes`` and ``true`` as booleans,
+    which pydantic would take for 1 (``train.steps: yes``, one step)."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and takes_numbers_only(cls.model_fields[info.field_name].annotation):
+            raise ValueError("a boolean where a number belongs")
+        return value
+
+
+def takes_numbers_only(annotation: Any) -> bool:
+    """Whether a field of this type takes numbers (``int``, ``float | None``) and no boolean."""
+    types = get_args(annotation) or (annotation,)
+    return bool not in types and any(kind in (int, float) for kind in types)
+
+
+class DataConfig(ConfigSection):
     """The permutation knowledge graph and its query splits."""
 
     n_entities: int = Field(32, ge=2, description="entities in the graph")
@@ -64,7 +82,7 @@ class DataConfig(StrictModel):
         return test_max_hops
 
 
-class ModelConfig(StrictModel):
+class ModelConfig(ConfigSection):
     """The recurrent-depth transformer: prelude -> core looped R times -> coda -> tied readout."""
 
     d_model: int = Field(64, ge=8)
@@ -100,7 +118,7 @@ class ModelConfig(StrictModel):
         return self
 
 
-class TrainConfig(StrictModel):
+class TrainConfig(ConfigSection):
     """AdamW on batches sampled from on-device tensors; evaluation every ``eval_every`` steps."""
 
     steps: int = Field(2000, ge=1, description="optimizer steps")
@@ -146,7 +164,7 @@ class TrainConfig(StrictModel):
         return self.eval_every if self.checkpoint_every is None else self.checkpoint_every
 
 
-class EvalConfig(StrictModel):
+class EvalConfig(ConfigSection):
     """What is measured, and on how many queries. Inference-only: never changes training."""
 
     n_train_eval_per_hop: int = Field(256, ge=1, description="training queries sampled per hop count")
@@ -172,7 +190,7 @@ class EvalConfig(StrictModel):
         return self
 
 
-class ExperimentConfig(StrictModel):
+class ExperimentConfig(ConfigSection):
     """One training run: everything ``train_worker`` needs."""
 
     data: DataConfig = DataConfig()

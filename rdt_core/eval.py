@@ -13,19 +13,7 @@ Which loop budget a number is read at matters, and the test split never chooses 
 ``acc/<split>`` and ``acc/<split>/chosen`` cover the trained hop counts only (all of them when the split
 shares none with training), so a depth run's untrained hops never hide its in-distribution phase.
 
-Metric names (``/`` separated; loops zero-padded so that the MLflow UI lists them in order):
-    acc/<split>[/hops_<k>]/loop_<t>         at inference loop t
-    acc/<split>[/hops_<k>]                  at the trained loop count
-    acc/<split>[/hops_<k>]/chosen           at the validation-chosen budget; loops_chosen/<split>/hops_<k>
-    acc/<split>/hops_<k>/prefix_{trained,novel}/chosen   deeper-than-trained queries, by trained prefix
-    acc/<split>/oracle, oracle_loop/<split> the peak over inference loops on the split itself
-    acc/<split>_val[/chosen], acc/<split>_val/hops_<k>/chosen, halting/<split>_val/...
-                                            the validation split: what sweeps select settings on
-    overthinking/<split>/hops_<k>/{peak_acc,peak_loop,final_acc,drop}
-    halting/<split>[/hops_<k>][/kl_only]/{acc,mean_loops,fixed_acc,gain}   the configured rule (and KL
-                                            alone), beside a fixed budget of the same mean cost
-    halting/<split>/<rule>/{acc,mean_loops,fixed_acc,gain}   every rule of the grid (with_grid=True)
-    state_norm/loop_<t>                     mean norm of the state at the answer position (id split)
+Metric names are built by the kinds of ``rdt_core.metrics`` (``ACC``, ``ACC_CHOSEN``, ``HALTING``, ...).
 """
 
 from __future__ import annotations
@@ -37,9 +25,29 @@ import torch
 from rdt_core.config import EvalConfig, ExperimentConfig
 from rdt_core.data.queries import QuerySet
 from rdt_core.halting import HaltingRule, equal_cost, halting_loops, rule_grid
+from rdt_core.metrics import (
+    ACC,
+    ACC_CHOSEN,
+    ACC_HOPS,
+    ACC_HOPS_CHOSEN,
+    ACC_HOPS_LOOP,
+    ACC_LOOP,
+    ACC_ORACLE,
+    ACC_PREFIX,
+    HALTING,
+    HALTING_HOPS,
+    HALTING_HOPS_KL_ONLY,
+    HALTING_KL_ONLY,
+    HALTING_RULE,
+    LOOPS_CHOSEN,
+    ORACLE_LOOP,
+    OVERTHINKING,
+    STATE_NORM,
+    Kind,
+    is_validation,
+    validation_split,
+)
 from rdt_core.model.transformer import RecurrentDepthTransformer
-
-VALIDATION_SUFFIX = "_val"  # the validation split of test split "id" is "id_val"
 
 
 @dataclass(frozen=True)
@@ -53,10 +61,6 @@ class SplitResult:
     state_norms: torch.Tensor  # (T, Q) float: norm of the state at the answer position after each loop
 
 
-def loop_metric_name(split: str, loop: int) -> str:
-    return f"acc/{split}/loop_{loop:02d}"
-
-
 def halting_rules(config: EvalConfig, with_grid: bool) -> list[HaltingRule]:
     """The configured rule first, then KL alone at the same threshold (its head-to-head partner, when the
     configured rule also has an entropy threshold), then (optionally) the whole grid."""
@@ -68,10 +72,13 @@ def halting_rules(config: EvalConfig, with_grid: bool) -> list[HaltingRule]:
     return rules
 
 
-def halting_prefixes(split: str, rules: list[HaltingRule], n_configured: int) -> list[str]:
-    """Metric prefix of each rule: the configured one, ``kl_only`` beside it, then the grid's by name."""
-    names = ["", "/kl_only"][:n_configured] + [f"/{rule.name}" for rule in rules[n_configured:]]
-    return [f"halting/{split}{name}" for name in names]
+def halting_kinds(rules: list[HaltingRule], n_configured: int, by_hops: bool) -> list[tuple[Kind, dict[str, str]]]:
+    """The metric kind of each rule (and the rule's name where the kind spells it out): the configured
+    one, ``kl_only`` beside it, then the grid's by name; ``by_hops`` for the per-hop-count kinds of the
+    configured two."""
+    configured = [HALTING_HOPS, HALTING_HOPS_KL_ONLY] if by_hops else [HALTING, HALTING_KL_ONLY]
+    grid = [(HALTING_RULE, {"rule": rule.name}) for rule in rules[n_configured:]]
+    return [(kind, {}) for kind in configured[:n_configured]] + grid
 
 
 @torch.no_grad()
@@ -143,43 +150,45 @@ def split_metrics(
     hop_counts = sorted(set(result.hops.tolist()))
     in_trained = trained_hops_mask(result, config)  # (Q,)
 
-    def add_by_loop(prefix: str, columns: torch.Tensor) -> torch.Tensor:
-        by_loop = result.correct[:, columns].float().mean(dim=1)  # (T,)
-        for loop, accuracy in enumerate(by_loop.tolist(), start=1):
-            metrics[f"{prefix}/loop_{loop:02d}"] = accuracy
-        metrics[prefix] = by_loop[inference_loops - 1].item()
-        return by_loop
+    def by_loop_of(columns: torch.Tensor) -> torch.Tensor:
+        return result.correct[:, columns].float().mean(dim=1)  # (T,)
 
-    add_by_loop(f"acc/{split}", torch.ones_like(in_trained))
-    by_loop = result.correct[:, in_trained].float().mean(dim=1)  # (T,) trained hop counts
-    metrics[f"acc/{split}"] = by_loop[inference_loops - 1].item()
-    metrics[f"acc/{split}/oracle"] = by_loop.max().item()
-    metrics[f"oracle_loop/{split}"] = float(by_loop.argmax().item() + 1)
+    for loop, accuracy in enumerate(by_loop_of(torch.ones_like(in_trained)).tolist(), start=1):
+        metrics[ACC_LOOP.name(split=split, loop=loop)] = accuracy
+    by_loop = by_loop_of(in_trained)  # (T,) trained hop counts
+    metrics[ACC.name(split=split)] = by_loop[inference_loops - 1].item()
+    metrics[ACC_ORACLE.name(split=split)] = by_loop.max().item()
+    metrics[ORACLE_LOOP.name(split=split)] = float(by_loop.argmax().item() + 1)
     for hops in hop_counts:
-        hop_by_loop = add_by_loop(f"acc/{split}/hops_{hops}", result.hops == hops)
-        metrics.update(overthinking_metrics(f"overthinking/{split}/hops_{hops}", hop_by_loop))
+        hop_by_loop = by_loop_of(result.hops == hops)
+        for loop, accuracy in enumerate(hop_by_loop.tolist(), start=1):
+            metrics[ACC_HOPS_LOOP.name(split=split, hops=hops, loop=loop)] = accuracy
+        metrics[ACC_HOPS.name(split=split, hops=hops)] = hop_by_loop[inference_loops - 1].item()
+        metrics.update(overthinking_metrics(split, hops, hop_by_loop))
 
     if validation is not None:
         budgets = chosen_budgets(validation)
         right = right_at_budgets(result, budgets)  # (Q,)
-        metrics[f"acc/{split}/chosen"] = right[in_trained].float().mean().item()
+        metrics[ACC_CHOSEN.name(split=split)] = right[in_trained].float().mean().item()
         for hops in hop_counts:
-            metrics[f"loops_chosen/{split}/hops_{hops}"] = float(budgets[hops])
-            metrics[f"acc/{split}/hops_{hops}/chosen"] = right[result.hops == hops].float().mean().item()
+            metrics[LOOPS_CHOSEN.name(split=split, hops=hops)] = float(budgets[hops])
+            metrics[ACC_HOPS_CHOSEN.name(split=split, hops=hops)] = right[result.hops == hops].float().mean().item()
             if hops > config.data.train_max_hops:
-                for name, marked in (("prefix_trained", result.prefix_trained), ("prefix_novel", ~result.prefix_trained)):
+                for kind, marked in (("trained", result.prefix_trained), ("novel", ~result.prefix_trained)):
                     picked = right[(result.hops == hops) & marked]
                     if picked.numel():  # a kind of query the split does not hold has no accuracy
-                        metrics[f"acc/{split}/hops_{hops}/{name}/chosen"] = picked.float().mean().item()
+                        name = ACC_PREFIX.name(split=split, hops=hops, kind=kind)
+                        metrics[name] = picked.float().mean().item()
 
     n_configured = len(halting_rules(config.eval, with_grid=False))
-    for index, prefix in enumerate(halting_prefixes(split, rules, n_configured)):
-        metrics.update(cost_metrics(prefix, result.correct, result.halt_loops[index]))
-        if index < n_configured and split != "train":
+    for index, (kind, fields) in enumerate(halting_kinds(rules, n_configured, by_hops=False)):
+        metrics.update(cost_metrics(kind, {"split": split, **fields}, result.correct, result.halt_loops[index]))
+    if split != "train":
+        for index, (kind, _) in enumerate(halting_kinds(rules[:n_configured], n_configured, by_hops=True)):
             for hops in hop_counts:
                 columns = result.hops == hops
-                name = prefix.replace(f"halting/{split}", f"halting/{split}/hops_{hops}")
-                metrics.update(cost_metrics(name, result.correct[:, columns], result.halt_loops[index, columns]))
+                fields = {"split": split, "hops": hops}
+                metrics.update(cost_metrics(kind, fields, result.correct[:, columns], result.halt_loops[index, columns]))
     return metrics
 
 
@@ -193,42 +202,35 @@ def validation_metrics(
     in_trained = trained_hops_mask(result, config)  # (Q,)
     right = right_at_budgets(result, chosen_budgets(result))  # (Q,)
     metrics = {
-        f"acc/{split}": result.correct[config.train.train_loops - 1, in_trained].float().mean().item(),
-        f"acc/{split}/chosen": right[in_trained].float().mean().item(),
+        ACC.name(split=split): result.correct[config.train.train_loops - 1, in_trained].float().mean().item(),
+        ACC_CHOSEN.name(split=split): right[in_trained].float().mean().item(),
     }
     for hops in hop_counts:
-        metrics[f"acc/{split}/hops_{hops}/chosen"] = right[result.hops == hops].float().mean().item()
-    metrics.update(cost_metrics(f"halting/{split}", result.correct, result.halt_loops[0]))
+        metrics[ACC_HOPS_CHOSEN.name(split=split, hops=hops)] = right[result.hops == hops].float().mean().item()
+    metrics.update(cost_metrics(HALTING, {"split": split}, result.correct, result.halt_loops[0]))
     return metrics
 
 
-def cost_metrics(prefix: str, correct: torch.Tensor, halt_loops: torch.Tensor) -> dict[str, float]:
+def cost_metrics(kind: Kind, fields: dict[str, object], correct: torch.Tensor, halt_loops: torch.Tensor) -> dict[str, float]:
     """A halting rule's accuracy and mean loops beside the fixed budget of the same mean cost."""
     compared = equal_cost(correct, halt_loops)
-    return {
-        f"{prefix}/acc": compared.acc,
-        f"{prefix}/mean_loops": compared.mean_loops,
-        f"{prefix}/fixed_acc": compared.fixed_acc,
-        f"{prefix}/gain": compared.gain,
-    }
+    values = {"acc": compared.acc, "mean_loops": compared.mean_loops, "fixed_acc": compared.fixed_acc, "gain": compared.gain}
+    return {kind.name(**fields, stat=stat): value for stat, value in values.items()}
 
 
-def overthinking_metrics(prefix: str, accuracy_by_loop: torch.Tensor) -> dict[str, float]:
+def overthinking_metrics(split: str, hops: int, accuracy_by_loop: torch.Tensor) -> dict[str, float]:
     """Peak accuracy over inference loops, its loop, the accuracy at the last loop, and the drop."""
     peak = accuracy_by_loop.max().item()
     final = accuracy_by_loop[-1].item()
-    return {
-        f"{prefix}/peak_acc": peak,
-        f"{prefix}/peak_loop": float(accuracy_by_loop.argmax().item() + 1),
-        f"{prefix}/final_acc": final,
-        f"{prefix}/drop": peak - final,
-    }
+    values = {"peak_acc": peak, "peak_loop": float(accuracy_by_loop.argmax().item() + 1), "final_acc": final,
+              "drop": peak - final}
+    return {OVERTHINKING.name(split=split, hops=hops, stat=stat): value for stat, value in values.items()}
 
 
 def state_norm_metrics(result: SplitResult) -> dict[str, float]:
     """``state_norm/loop_<t>``: does the state drift as loops go on (a suspect for overthinking)?"""
     means = result.state_norms.mean(dim=1)  # (T,)
-    return {f"state_norm/loop_{loop:02d}": value for loop, value in enumerate(means.tolist(), start=1)}
+    return {STATE_NORM.name(loop=loop): value for loop, value in enumerate(means.tolist(), start=1)}
 
 
 def evaluate(
@@ -245,10 +247,10 @@ def evaluate(
     }
     metrics: dict[str, float] = {}
     for split, result in results.items():
-        if split.endswith(VALIDATION_SUFFIX):
+        if is_validation(split):
             metrics.update(validation_metrics(split, result, config, rules))
             continue
-        validation = results.get(f"{split}{VALIDATION_SUFFIX}")
+        validation = results.get(validation_split(split))
         metrics.update(split_metrics(split, result, config, rules, validation))
     if "id" in results:
         metrics.update(state_norm_metrics(results["id"]))

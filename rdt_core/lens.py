@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from rdt_core.data.queries import QuerySet
+from rdt_core.metrics import LENS_RESOLVED, LENS_TOP1, PREFIX_LENS_RESOLVED
 from rdt_core.model.hooks import ActivationCache
 from rdt_core.model.transformer import RecurrentDepthTransformer
 
@@ -56,10 +57,10 @@ def lens_metrics(split: str, hops: int, ranks: torch.Tensor) -> dict[str, float]
     targets = [(f"bridge_{j}", j - 1) for j in range(1, hops)] + [("answer", ranks.shape[2] - 1)]
     for target_name, column in targets:
         top1 = _top1_by_loop(ranks, column)
-        prefix = f"lens/{split}/hops_{hops}/{target_name}"
+        where = {"split": split, "hops": hops, "target": target_name}
         for loop, fraction in enumerate(top1.tolist(), start=1):
-            metrics[f"{prefix}/top1/loop_{loop:02d}"] = fraction
-        metrics[f"{prefix}/resolved_loop"] = _resolved_loop(top1)
+            metrics[LENS_TOP1.name(**where, loop=loop)] = fraction
+        metrics[LENS_RESOLVED.name(**where)] = _resolved_loop(top1)
     return metrics
 
 
@@ -69,7 +70,7 @@ def prefix_lens_metrics(split: str, hops: int, ranks: torch.Tensor) -> dict[str,
     metrics: dict[str, float] = {}
     for j in range(1, hops):
         top1 = _top1_by_loop(ranks, j - 1)
-        metrics[f"lens_prefix/{split}/hops_{hops}/prefix_{j}/resolved_loop"] = _resolved_loop(top1)
+        metrics[PREFIX_LENS_RESOLVED.name(split=split, hops=hops, prefix=j)] = _resolved_loop(top1)
     return metrics
 
 

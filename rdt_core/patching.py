@@ -39,6 +39,7 @@ from torch import nn
 
 from rdt_core.data.queries import QuerySet
 from rdt_core.data.tokens import Vocabulary
+from rdt_core.metrics import PATCHING, PATCHING_GAP
 from rdt_core.model.hooks import ActivationCache, Hook
 from rdt_core.model.transformer import RecurrentDepthTransformer
 
@@ -158,8 +159,8 @@ def patching_metrics(
     point: Point, hops: int, grid: PatchingGrid, trivial: torch.Tensor, prefix: str = "patching"
 ) -> dict[str, float]:
     """``{prefix}/{point}/hops_<k>/loop_<tt>/pos_<p>`` for every non-trivial cell, and ``.../gap``."""
-    base = f"{prefix}/{point}/hops_{hops}"
-    metrics = {f"{base}/gap": grid.gap}
+    where = {"model": prefix, "point": point, "hops": hops}
+    metrics = {PATCHING_GAP.name(**where): grid.gap}
     for loop, position in (~trivial).nonzero().tolist():
-        metrics[f"{base}/loop_{loop + 1:02d}/pos_{position}"] = grid.recovery[loop, position].item()
+        metrics[PATCHING.name(**where, loop=loop + 1, pos=position)] = grid.recovery[loop, position].item()
     return metrics

@@ -123,9 +123,9 @@ def checkpoints_in_storage(workdir: Path) -> set[str]:
 
 
 def final_reports_in_storage(workdir: Path) -> set[str]:
-    """Trials whose Tune result file holds the final report (only it carries ``time/train_s``)."""
+    """Trials whose Tune result file holds the final report (only it carries ``trial/finished``)."""
     return {str(path) for path in (workdir / "ray_results" / NAME).glob("trial-*/result.json")
-            if "time/train_s" in path.read_text()}
+            if "trial/finished" in path.read_text()}
 
 
 def wait_for_moment(sweep: Sweep, moment: str, value: float) -> bool:
@@ -243,7 +243,7 @@ def violations(tracking_uri: str, workdir: Path) -> list[str]:
         loss_steps = sorted({m.step for m in client.get_metric_history(run_id, "loss/train")})
         if loss_steps != evaluations:
             found.append(f"{name}: evaluations at {loss_steps}, not {evaluations}")
-        if "final/acc/id" not in child.data.metrics:
+        if "trial/finished" not in child.data.metrics:
             found.append(f"{name}: no final report")
         if "checkpoint/model.pt" not in [a.path for a in client.list_artifacts(run_id, "checkpoint")]:
             found.append(f"{name}: no checkpoint")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from rdt_core.data.queries import QuerySet, Splits, query_keys
+from rdt_core.metrics import NULL, NULL_CHANCE
 
 NULL_SHORTCUTS = ("answer_elimination", "last_relation", "structural")
 
@@ -61,9 +62,9 @@ def candidate_masks(splits: Splits, queries: QuerySet, split: str) -> dict[str, 
 def null_metrics(splits: Splits, queries: QuerySet, split: str) -> dict[str, float]:
     """``null/<split>/hops_<k>/<shortcut>`` for every hop count of ``queries``, and ``null/chance``."""
     queries = queries.to("cpu")
-    metrics = {"null/chance": 1.0 / splits.graph.n_entities}
+    metrics = {NULL_CHANCE.name(): 1.0 / splits.graph.n_entities}
     for name, candidates in candidate_masks(splits, queries, split).items():
         expected = 1.0 / candidates.sum(1).clamp(min=1).float()  # (Q,)
         for hops in queries.hop_counts():
-            metrics[f"null/{split}/hops_{hops}/{name}"] = expected[queries.hops == hops].mean().item()
+            metrics[NULL.name(split=split, hops=hops, stat=name)] = expected[queries.hops == hops].mean().item()
     return metrics

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from rdt_core.report.diagrams import DIAGRAMS, draw_report
 from rdt_core.report.runs import ReportError
-from rdt_core.sweep.tracking import DEFAULT_TRACKING_URI
+from rdt_core.tracking import DEFAULT_TRACKING_URI
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -18,7 +18,6 @@ setting is the best by its mean. A replicated sweep also gets ``summary.csv`` an
 from __future__ import annotations
 
 import math
-import re
 import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, replace
@@ -27,8 +26,9 @@ from typing import Callable, Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from rdt_core.metrics import ACC, ACC_HOPS_LOOP, ACC_LOOP, HALTING, HALTING_RULE, PHASE_STEP, names_of, rule_thresholds
 from rdt_core.report.panels import Figure, Heatmap, Line, Marks, Scatter, Series
-from rdt_core.report.render import write_html, write_png
+from rdt_core.report.render import write_html, write_plotly_js, write_png
 from rdt_core.report.runs import (
     ReportError,
     Setting,
@@ -37,7 +37,6 @@ from rdt_core.report.runs import (
     Trial,
     load_sweep,
     numbered,
-    numbered_keys,
     open_store,
     splits_of,
 )
@@ -45,7 +44,6 @@ from rdt_core.report.summary import write_summary
 
 ARTIFACT_DIR = "diagrams"
 GRAPH_PARAMS = {"data.n_entities": ("N", "graph size N"), "data.inferred_ratio": ("φ", "inferred ratio φ")}
-GRID_RULE = re.compile(r"halting/id/(?P<rule>kl_(?P<kl>[^_/]+)_h_(?P<h>[^_/]+))/acc")
 
 
 class Unsupported(Exception):
@@ -74,7 +72,7 @@ def trained_loops_panel(trials: list[Trial]) -> Heatmap | None:
     by_trained = defaultdict(list)
     for trial in trials:
         if (trained := trial.number("train.train_loops")) is not None and (
-            curve := numbered(trial.metrics, "acc/id", "loop")
+            curve := numbered(trial.metrics, ACC_LOOP, "loop", split="id")
         ):
             by_trained[trained].append(curve)
     if not by_trained:
@@ -103,11 +101,11 @@ def grokking(sweep: Sweep) -> Figure:
 
 
 def phase_panel(sweep: Sweep, split: str, rows: list[tuple[str, Setting]], y_title: str, onset: str) -> Heatmap:
-    curves = {row: sweep.setting_history(setting, f"acc/{split}") for row, setting in rows}
+    curves = {row: sweep.setting_history(setting, ACC.name(split=split)) for row, setting in rows}
     panel = grid_panel(curves, f"{split} split: acc/{split} at the trained loop count", "optimizer step", y_title)
     points, text = [], []
     for row, setting in rows:
-        spread = setting.spread.get(f"phase/{split}/step")
+        spread = setting.spread.get(PHASE_STEP.name(split=split))
         # one run's onset is an evaluation step; a mean onset goes to the nearest one
         column = onset_column(panel.x, spread.mean, nearest=setting.n > 1) if spread and spread.n else None
         if column is not None:
@@ -163,17 +161,20 @@ def halting(sweep: Sweep) -> Figure:
 def rule_series(setting: Setting) -> Series:
     """The setting's halting rules as (mean loops, accuracy) points: the grid, else the configured rule
     (a trial stopped early never reported the grid, which comes at the end)."""
-    prefixes = {name: f"halting/id/{name}" for name in grid_rules(setting)} or {"configured rule": "halting/id"}
+    def named(stat: str, rule: str | None) -> str:
+        return HALTING.name(split="id", stat=stat) if rule is None else HALTING_RULE.name(split="id", rule=rule, stat=stat)
+
+    rules: dict[str, str | None] = {name: name for name in grid_rules(setting)} or {"configured rule": None}
     points = [
-        (name, prefix, setting.metrics[f"{prefix}/mean_loops"], setting.metrics[f"{prefix}/acc"])
-        for name, prefix in prefixes.items()
-        if f"{prefix}/mean_loops" in setting.metrics and f"{prefix}/acc" in setting.metrics
+        (name, rule, setting.metrics[named("mean_loops", rule)], setting.metrics[named("acc", rule)])
+        for name, rule in rules.items()
+        if named("mean_loops", rule) in setting.metrics and named("acc", rule) in setting.metrics
     ]
 
-    def text(name: str, prefix: str) -> str:
+    def text(name: str, rule: str | None) -> str:
         if setting.n == 1:
             return f"{setting.name}: {name}"
-        acc, loops = setting.spread[f"{prefix}/acc"], setting.spread[f"{prefix}/mean_loops"]
+        acc, loops = setting.spread[named("acc", rule)], setting.spread[named("mean_loops", rule)]
         return f"{setting.name}: {name}<br>accuracy {acc.text()}<br>mean loops {loops.text(2)}"
 
     return Series(setting.name, [p[2] for p in points], [p[3] for p in points], [text(n, p) for n, p, _, _ in points])
@@ -181,7 +182,8 @@ def rule_series(setting: Setting) -> Series:
 
 def grid_rules(trial: Trial | Setting) -> dict[str, tuple[str, str]]:
     """Rule name -> (KL threshold, entropy threshold) as written in the metric names."""
-    return {m["rule"]: (m["kl"], m["h"]) for key in trial.metrics if (m := GRID_RULE.fullmatch(key))}
+    found = names_of(HALTING_RULE, trial.metrics)
+    return {v["rule"]: rule_thresholds(v["rule"]) for v in found.values() if v["split"] == "id" and v["stat"] == "acc"}
 
 
 def threshold_panel(trial: Setting, title: str) -> Heatmap:
@@ -192,7 +194,7 @@ def threshold_panel(trial: Setting, title: str) -> Heatmap:
     names = [[cell.get((k, h)) for k in kl] for h in entropy]  # None: both off, not a rule
 
     def value(name: str | None, what: str) -> float:
-        return math.nan if name is None else trial.metrics.get(f"halting/id/{name}/{what}", math.nan)
+        return math.nan if name is None else trial.metrics.get(HALTING_RULE.name(split="id", rule=name, stat=what), math.nan)
 
     panel = Heatmap(
         title,
@@ -203,7 +205,8 @@ def threshold_panel(trial: Setting, title: str) -> Heatmap:
         [[value(name, "acc") for name in row] for row in names],
         cell_text=[["" if name is None else f"{value(name, 'mean_loops'):.1f}" for name in row] for row in names],
         spread_text=None if trial.n == 1 else [
-            ["" if name is None else trial.spread[f"halting/id/{name}/acc"].text() for name in row] for row in names
+            ["" if name is None else trial.spread[HALTING_RULE.name(split="id", rule=name, stat="acc")].text()
+             for name in row] for row in names
         ],
     )
     configured = tuple(threshold_label(trial.params.get(f"eval.halt_{which}")) for which in ("kl", "entropy"))
@@ -250,11 +253,11 @@ def depth(sweep: Sweep) -> Figure:
 
 def hops_by_loop(setting: Setting, split: str) -> dict[int, dict[int, Spread]]:
     """Final accuracy (mean and spread over replicates) by hop count, then by inference loop."""
-    by_hops = {}
-    for k in sorted(numbered_keys(setting.spread, f"acc/{split}", "hops")):
-        loops = numbered_keys(setting.spread, f"acc/{split}/hops_{k}", "loop")
-        if loops:
-            by_hops[k] = {t: setting.spread[key] for t, key in loops.items()}
+    by_hops: dict[int, dict[int, Spread]] = {}
+    found = names_of(ACC_HOPS_LOOP, setting.spread)
+    for key, values in sorted(found.items(), key=lambda item: (item[1]["hops"], item[1]["loop"])):
+        if values["split"] == split:
+            by_hops.setdefault(values["hops"], {})[values["loop"]] = setting.spread[key]
     return by_hops
 
 
@@ -363,7 +366,12 @@ def draw_report(
             notes.append(f"{name}: skipped: {reason}")
             continue
         notes += [f"{name}: {note}" for note in figure.notes]
-        files += [write_png(figure, out / f"{name}.png"), write_html(figure, out / f"{name}.html")]
+        files += [
+            write_png(figure, out / f"{name}.png"),
+            write_html(figure, out / f"{name}.html", sweep.parent_run_id, ARTIFACT_DIR),
+        ]
+    if any(path.suffix == ".html" for path in files):  # the one plotly.js that the HTML diagrams load
+        files.append(write_plotly_js(out))
     if sweep.replicated:  # per-setting means, stds and n of the sweep's metric and the phase onsets
         files += write_summary(sweep, out)
     for path in files:

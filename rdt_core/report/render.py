@@ -1,13 +1,28 @@
-"""Draw a ``panels.Figure`` as a PNG (matplotlib's Agg canvas) and as a self-contained HTML page (plotly).
+"""Draw a ``panels.Figure`` as a PNG (matplotlib's Agg canvas) and as an interactive HTML page (plotly).
 
 The PNG uses a bare ``matplotlib.figure.Figure`` on an Agg canvas, not pyplot: no global backend is
-switched and no figure lingers in a process that draws many. The HTML page embeds plotly.js, so it
-opens offline (about 5 MB a file). Accuracy colour scales are fixed to [0, 1] in both, so that
-colours compare across panels, diagrams and sweeps.
+switched and no figure lingers in a process that draws many. Accuracy colour scales are fixed to [0, 1]
+in both, so that colours compare across panels, diagrams and sweeps.
+
+The HTML page holds only the figure's data (10 to 15 KB for a small sweep) and fills the width it is
+shown in, MLflow's artifact preview included. It loads plotly.js (4.8 MB) from one shared copy beside
+it, ``plotly.min.mjs``, rather than inlining it in every page; no CDN, which clusters may not reach.
+Where that copy is found:
+
+- opened from disk or any folder served as files: beside the page;
+- in MLflow's artifact preview (3.x), which shows the page as a ``blob:`` URL in an iframe sandboxed
+  with ``allow-scripts`` only, so that no relative URL resolves: from the tracking server's
+  ``get-artifact`` route, which the page builds from the run id and the preview's own address
+  (``document.referrer``, the MLflow page, path prefix included).
+
+The copy is named ``.mjs`` because MLflow serves ``.js`` artifacts as ``text/plain`` with
+``X-Content-Type-Options: nosniff``, which browsers refuse to run; ``.mjs`` goes out as JavaScript.
 """
 
 from __future__ import annotations
 
+import html
+import json
 import math
 from pathlib import Path
 
@@ -18,9 +33,10 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure as MplFigure
 from matplotlib.image import AxesImage
-from plotly.subplots import make_subplots
+from plotly.io.json import to_json_plotly
+from plotly.offline import get_plotlyjs
 
-from rdt_core.report.panels import Figure, Heatmap, Scatter
+from rdt_core.report.panels import Figure, Heatmap, Panel, Scatter
 
 COLOUR_SCALE = "viridis"
 MARK_STYLES = {  # plotly symbol -> (matplotlib marker, colour, filled, size in points): open squares frame a cell
@@ -32,6 +48,70 @@ LINE_DASHES = {"x": (":", "dot"), "y": ("--", "dash")}  # (matplotlib, plotly): 
 LEGEND_BACKGROUND = "silver"  # white marks and lines must show in the legend too
 MAX_TICKS = 12
 MAX_LEGEND_SERIES = 12  # beyond this a PNG legend hides the data; the HTML one still lists them all
+PLOTLY_JS = "plotly.min.mjs"  # the one plotly.js of a folder of HTML diagrams; why .mjs: module docstring
+COLOUR_AXIS = {"colorscale": COLOUR_SCALE, "cmin": 0, "cmax": 1, "colorbar": {"title": {"text": "accuracy"}}}
+HTML_PANEL_WIDTH, HTML_PANEL_HEIGHT = 460, 480  # px; a panel goes below the one before where it would be narrower
+HTML_PAGE = """<!DOCTYPE html>
+<html>
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>
+<style>
+body {{ margin: 0; font-family: "Open Sans", verdana, arial, sans-serif; color: #2a3f5f; }}
+h1 {{ font-size: 17px; font-weight: normal; margin: 12px 16px 4px; }}
+h2 {{ font-size: 13px; font-weight: normal; margin: 8px 16px 0; text-align: center; }}
+#status {{ margin: 0 16px; color: firebrick; }}
+#panels {{ display: flex; flex-wrap: wrap; }}
+.panel {{ flex: 1 1 {panel_width}px; min-width: 0; }}
+.plot {{ height: {panel_height}px; }}
+</style>
+</head>
+<body>
+<h1>{title}</h1>
+<p id="status"></p>
+<div id="panels">
+{panels}
+</div>
+<script>
+const template = {template};  // plotly's default look, once for every panel
+const figures = {figures};  // per panel: its traces and layout
+const plotlyJs = {plotly_js};  // [URL relative to this page, [run id, artifact path] or null]
+
+/* Where plotly.js may be: beside this page; on the MLflow server that shows it in a preview. */
+function places() {{
+  const [sibling, artifact] = plotlyJs;
+  const found = [sibling];
+  if (artifact) {{
+    const [runId, path] = artifact;
+    const route = "get-artifact?path=" + encodeURIComponent(path) + "&run_uuid=" + encodeURIComponent(runId);
+    try {{
+      found.push(new URL(route, document.referrer || location.origin + "/").href);
+    }} catch (unresolvable) {{}}
+  }}
+  return found;
+}}
+
+/* Load plotly.js from the first place that has it, then draw every panel; say so where none has it. */
+function load(urls) {{
+  if (!urls.length) {{
+    document.getElementById("status").textContent = "plotly.js (" + plotlyJs[0] + ") was found neither " +
+      "beside this page nor on the MLflow server: download it with the page, or see this diagram's PNG.";
+    return;
+  }}
+  const script = document.createElement("script");
+  script.src = urls[0];
+  script.onload = () => document.querySelectorAll(".plot").forEach((box, i) =>
+    Plotly.newPlot(box, figures[i].data, {{...figures[i].layout, template}}, {{responsive: true}}));
+  script.onerror = () => {{ script.remove(); load(urls.slice(1)); }};
+  document.head.appendChild(script);
+}}
+
+load(places());
+</script>
+</body>
+</html>
+"""
 
 
 def write_png(figure: Figure, path: Path) -> Path:
@@ -111,30 +191,64 @@ def thinned(labels: list[str]) -> tuple[list[int], list[str]]:
     return positions, [labels[i] for i in positions]
 
 
-def write_html(figure: Figure, path: Path) -> Path:
-    n = len(figure.panels)
-    drawing = make_subplots(rows=1, cols=n, subplot_titles=[panel.title for panel in figure.panels])
-    shown: set[str] = set()  # each legend entry once, though marks repeat across panels
-    for col, panel in enumerate(figure.panels, start=1):
-        if isinstance(panel, Heatmap):
-            html_heatmap(drawing, panel, col, shown)
-        else:
-            html_scatter(drawing, panel, col)
-        drawing.update_xaxes(title_text=panel.x_title, row=1, col=col)
-        drawing.update_yaxes(title_text=panel.y_title, row=1, col=col)
-    drawing.update_layout(
-        title=figure.title,
-        width=520 * n + 180,
-        height=520,
-        coloraxis={"colorscale": COLOUR_SCALE, "cmin": 0, "cmax": 1, "colorbar": {"title": {"text": "accuracy"}}},
-        legend={"orientation": "h", "y": -0.18, "bgcolor": LEGEND_BACKGROUND},
+def write_html(figure: Figure, path: Path, run_id: str | None = None, artifact_dir: str | None = None) -> Path:
+    """Write the figure as an HTML page at ``path`` and, once per folder, the plotly.js it loads
+    (``write_plotly_js``). With the MLflow run id and the run's artifact folder that the folder's files
+    are logged to, the page also draws in MLflow's artifact preview (see the module docstring).
+
+    Each panel is a plot of its own, as wide as the page allows: side by side in a wide window, one
+    under the other in a narrow one such as the preview, where side by side they would overlap. Panel
+    titles are HTML text, which wraps."""
+    specs = [html_panel(panel).to_plotly_json() for panel in figure.panels]
+    template = specs[0]["layout"]["template"]
+    for spec in specs:
+        del spec["layout"]["template"]
+    sections = [
+        f'<section class="panel"><h2>{html.escape(panel.title)}</h2><div class="plot"></div></section>'
+        for panel in figure.panels
+    ]
+    artifact = [run_id, f"{artifact_dir}/{PLOTLY_JS}" if artifact_dir else PLOTLY_JS] if run_id else None
+    page = HTML_PAGE.format(
+        title=html.escape(figure.title),
+        panel_width=HTML_PANEL_WIDTH,
+        panel_height=HTML_PANEL_HEIGHT,
+        panels="\n".join(sections),
+        template=to_json_plotly(template),  # plotly's JSON escapes < and >: no string in it ends the script
+        figures=to_json_plotly(specs),
+        plotly_js=json.dumps([PLOTLY_JS, artifact]),
     )
-    drawing.update_annotations(font_size=12)  # the subplot titles, long ones included
-    drawing.write_html(path, include_plotlyjs=True, full_html=True)
+    write_plotly_js(path.parent)
+    path.write_text(page, encoding="utf-8")
     return path
 
 
-def html_heatmap(drawing: go.Figure, panel: Heatmap, col: int, shown: set[str]) -> None:
+def write_plotly_js(folder: Path) -> Path:
+    """The plotly.js bundled with the plotly package, written into ``folder`` as ``PLOTLY_JS`` unless it
+    is there already: the folder's HTML pages load it, so it must be logged along with them."""
+    target, script = folder / PLOTLY_JS, get_plotlyjs()
+    if not target.exists() or target.read_text(encoding="utf-8") != script:  # another plotly's, in a reused folder
+        target.write_text(script, encoding="utf-8")
+    return target
+
+
+def html_panel(panel: Panel) -> go.Figure:
+    """One panel as a plotly figure that takes the size of the box it is drawn in."""
+    drawing = go.Figure()
+    if isinstance(panel, Heatmap):
+        html_heatmap(drawing, panel)
+    else:
+        html_scatter(drawing, panel)
+    drawing.update_layout(
+        autosize=True,  # no width or height: the box's
+        xaxis_title=panel.x_title,
+        yaxis_title=panel.y_title,
+        margin={"t": 24, "r": 24},  # the title is above, in the page
+        legend={"orientation": "h", "y": -0.18, "bgcolor": LEGEND_BACKGROUND},
+    )
+    return drawing
+
+
+def html_heatmap(drawing: go.Figure, panel: Heatmap) -> None:
     value = "%{customdata}" if panel.spread_text else "%{z:.3f}"  # mean ± std (n) over replicates
     hover = f"{panel.x_title}: %{{x}}<br>{panel.y_title}: %{{y}}<br>accuracy: {value}"
     drawing.add_trace(
@@ -147,12 +261,9 @@ def html_heatmap(drawing: go.Figure, panel: Heatmap, col: int, shown: set[str]) 
             text=panel.cell_text,
             texttemplate="%{text}" if panel.cell_text else None,
             hovertemplate=hover + ("<br>%{text}" if panel.cell_text else "") + "<extra></extra>",
-        ),
-        row=1,
-        col=col,
+        )
     )
-    drawing.update_xaxes(type="category", row=1, col=col)
-    drawing.update_yaxes(type="category", row=1, col=col)
+    drawing.update_layout(coloraxis=COLOUR_AXIS, xaxis_type="category", yaxis_type="category")
     for mark in panel.marks:
         _, colour, filled, size = MARK_STYLES[mark.symbol]
         drawing.add_trace(
@@ -163,32 +274,25 @@ def html_heatmap(drawing: go.Figure, panel: Heatmap, col: int, shown: set[str]) 
                 name=mark.label,
                 text=mark.text,
                 hovertemplate="%{text}<extra></extra>" if mark.text else None,
-                legendgroup=mark.label,
-                showlegend=mark.label not in shown,
                 marker={
                     "symbol": mark.symbol,
                     "size": size,
                     "color": colour,
                     "line": {"width": 1 if filled else 2, "color": "black" if filled else colour},
                 },
-            ),
-            row=1,
-            col=col,
+            )
         )
-        shown.add(mark.label)
     for line in panel.lines:
         place = drawing.add_vline if line.axis == "x" else drawing.add_hline
         line_style = {"dash": LINE_DASHES[line.axis][1], "color": "white", "width": 2}
-        place(line.position, line=line_style, name=line.label, showlegend=True, row=1, col=col)
+        place(line.position, line=line_style, name=line.label, showlegend=True)
 
 
-def html_scatter(drawing: go.Figure, panel: Scatter, col: int) -> None:
+def html_scatter(drawing: go.Figure, panel: Scatter) -> None:
     hover = f"%{{text}}<br>{panel.x_title}: %{{x:.2f}}<br>{panel.y_title}: %{{y:.3f}}<extra></extra>"
     for series in panel.series:
         drawing.add_trace(
-            go.Scatter(x=series.x, y=series.y, text=series.text, mode="markers", name=series.name, hovertemplate=hover),
-            row=1,
-            col=col,
+            go.Scatter(x=series.x, y=series.y, text=series.text, mode="markers", name=series.name, hovertemplate=hover)
         )
     drawing.add_trace(
         go.Scatter(
@@ -198,8 +302,6 @@ def html_scatter(drawing: go.Figure, panel: Scatter, col: int) -> None:
             line={"shape": "hv", "color": "black"},
             marker={"symbol": "circle-open", "size": 10},
             name=panel.front_label,
-        ),
-        row=1,
-        col=col,
+        )
     )
-    drawing.update_yaxes(range=[0, 1.02], row=1, col=col)
+    drawing.update_yaxes(range=[0, 1.02])

@@ -1,8 +1,9 @@
 """A sweep as MLflow holds it: the parent run and one child run per trial, read once.
 
-The diagrams need the final value of many metrics per trial (``run.data.metrics`` already holds the
-latest value of every key, so no per-key request), and the history of a few (``Sweep.history``).
-Metric names follow ``rdt_core.eval``: ``acc/<split>[/hops_<k>][/loop_<t>]``.
+The diagrams need the final value of many metrics per trial: the run's headline metrics
+(``run.data.metrics`` holds the latest value of each) and its tables (``tables/*.json``, one download
+per run), read back into metric names by ``rdt_core.metrics.from_tables``; and the history of a few
+(``Sweep.history``). Names are built and parsed by ``rdt_core.metrics`` alone.
 
 Trials that differ only in their seeds (a replicated sweep's ``replicate`` index, ``train.seed``,
 ``data.seed``) are one :class:`Setting`: the diagrams draw the mean over its replicates, with the spread.
@@ -10,9 +11,11 @@ Trials that differ only in their seeds (a replicated sweep's ``replicate`` index
 
 from __future__ import annotations
 
+import json
 import math
-import re
+import os
 import statistics
+import tempfile
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -23,7 +26,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-DEFAULT_METRIC, DEFAULT_MODE = "acc/id", "max"  # the best trial's criterion when the parent has none
+from rdt_core.metrics import ACC, Kind, from_tables, names_of
+from rdt_core.tracking.reports import TABLES_DIR
+
+DEFAULT_METRIC, DEFAULT_MODE = ACC.name(split="id"), "max"  # the best trial's criterion when the parent has none
 # The param of a replicated sweep's replicate index: ``rdt_core.sweep.spec.REPLICATE_KEY`` (the report does
 # not import the sweep); with the seeds it sets, what replicates of one setting differ in.
 REPLICATE_PARAM = "replicate"
@@ -172,6 +178,7 @@ def open_store(tracking_uri: str) -> MlflowClient:
     migrations), and a report only reads what a sweep wrote."""
     if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
         raise ReportError(f"no MLflow store at {tracking_uri}")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per run's tables says nothing
     return MlflowClient(tracking_uri)
 
 
@@ -183,7 +190,8 @@ def load_sweep(client: MlflowClient, experiment: str, parent_run_id: str | None 
     parent = parent_run(client, found.experiment_id, experiment, parent_run_id)
     children = runs_of(client, found.experiment_id, f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent.info.run_id}'")
     trials = [
-        Trial(run.info.run_id, run.info.run_name or run.info.run_id, dict(run.data.params), dict(run.data.metrics))
+        Trial(run.info.run_id, run.info.run_name or run.info.run_id, dict(run.data.params),
+              {**run_tables(client, run), **run.data.metrics})
         for run in children
     ]
     if not trials:
@@ -218,6 +226,20 @@ def parent_run(client: MlflowClient, experiment_id: str, experiment: str, run_id
     return run
 
 
+def run_tables(client: MlflowClient, run: Run) -> dict[str, float]:
+    """The metrics a run's tables hold (``rdt_core.tracking.reports``), by name; none for a run with none."""
+    with tempfile.TemporaryDirectory(prefix="rdt-tables-") as scratch:
+        try:
+            folder = Path(client.download_artifacts(run.info.run_id, TABLES_DIR, scratch))
+        except (MlflowException, OSError):
+            return {}
+        tables = {}
+        for path in sorted(folder.glob("*.json")):
+            written = json.loads(path.read_text())  # pandas' "split" orient, as MLflow's log_table writes it
+            tables[path.stem] = [dict(zip(written["columns"], row)) for row in written["data"]]
+    return from_tables(tables)
+
+
 def runs_of(client: MlflowClient, experiment_id: str, filter_string: str) -> Iterator[Run]:
     """Every run of the experiment matching the filter, newest first, page after page."""
     token = None
@@ -231,18 +253,21 @@ def runs_of(client: MlflowClient, experiment_id: str, filter_string: str) -> Ite
             return
 
 
-def numbered(metrics: dict[str, float], prefix: str, word: str) -> dict[int, float]:
-    """``{n: value}`` of the keys ``<prefix>/<word>_<n>``: ``numbered(m, "acc/id", "loop")`` is accuracy
-    by inference loop, ``numbered(m, "acc/id", "hops")`` by hop count."""
-    return {n: metrics[key] for n, key in numbered_keys(metrics, prefix, word).items()}
+def numbered(metrics: dict[str, float], kind: Kind, word: str, **fields: object) -> dict[int, float]:
+    """``{n: value}`` of the metrics of ``kind`` with these ``fields``, keyed by their field ``word``:
+    ``numbered(m, ACC_LOOP, "loop", split="id")`` is accuracy by inference loop."""
+    return {n: metrics[key] for n, key in numbered_keys(metrics, kind, word, **fields).items()}
 
 
-def numbered_keys(metrics: Iterable[str], prefix: str, word: str) -> dict[int, str]:
-    """``{n: key}`` of the keys ``<prefix>/<word>_<n>``."""
-    pattern = re.compile(rf"{re.escape(prefix)}/{word}_(\d+)")
-    return {int(match[1]): key for key in metrics if (match := pattern.fullmatch(key))}
+def numbered_keys(metrics: Iterable[str], kind: Kind, word: str, **fields: object) -> dict[int, str]:
+    """``{n: key}`` of the names of ``kind`` with these ``fields``, keyed by their field ``word``."""
+    return {
+        values[word]: key
+        for key, values in names_of(kind, metrics).items()
+        if all(values.get(name) == value for name, value in fields.items())
+    }
 
 
 def splits_of(trials: list[Trial] | list[Setting]) -> list[str]:
     """The evaluation splits that any trial reports, in the order train, id, ood."""
-    return [split for split in ("train", "id", "ood") if any(f"acc/{split}" in t.metrics for t in trials)]
+    return [split for split in ("train", "id", "ood") if any(ACC.name(split=split) in t.metrics for t in trials)]

@@ -12,9 +12,10 @@ import csv
 import math
 from pathlib import Path
 
+from rdt_core.metrics import PHASE_STEP
 from rdt_core.report.runs import SEED_PARAMS, Setting, Spread, Sweep
 
-PHASE_KEYS = tuple(f"phase/{split}/step" for split in ("train", "id", "ood"))
+PHASE_KEYS = tuple(PHASE_STEP.name(split=split) for split in ("train", "id", "ood"))
 NO_VALUE = Spread(math.nan, math.nan, 0)
 
 
@@ -69,7 +70,7 @@ def markdown_table(sweep: Sweep, rows: list[dict[str, object]], keys: list[str])
     for setting, row in zip(sweep.settings, rows):
         stats = [setting.spread.get(key, NO_VALUE) for key in keys]
         cells = [setting.name, *(str(row[p]) for p in params), str(setting.n)]
-        cells += [stat.text(0 if key.startswith("phase/") else 3, of=setting.n) if stat.n else "—" for key, stat in zip(keys, stats)]
+        cells += [stat.text(0 if key in PHASE_KEYS else 3, of=setting.n) if stat.n else "—" for key, stat in zip(keys, stats)]
         lines.append("| " + " | ".join(cells) + " |")
     best = sweep.best_setting()
     chosen = f"best setting by its mean {sweep.metric} ({sweep.mode}): {best.name}" if best else "no setting reports it"

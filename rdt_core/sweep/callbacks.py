@@ -1,20 +1,27 @@
-"""The Ray Tune callback that mirrors every trial into an MLflow child run of the sweep's parent run."""
+"""The Ray Tune callback that mirrors every trial into an MLflow child run of the sweep's parent run,
+and links each child run and its Optuna trial both ways."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
+import optuna
 from ray import tune
 from ray.train import Checkpoint
 
-from rdt_core.sweep.outbox import Outbox, trial_key
+from rdt_core.sweep.search import TUNE_TRIAL_ATTR
 from rdt_core.sweep.spec import trial_params
 from rdt_core.sweep.storage import is_local
-from rdt_core.sweep.tracking import metrics_of, per_loop_table
+from rdt_core.tracking import Outbox, log_evaluation, log_final, trial_key
+
+# Where each side names the other: a tag of the child run, a user attribute of the Optuna trial.
+TRIAL_NUMBER_TAG = "optuna.trial_number"
+RUN_ID_ATTR = "mlflow.run_id"
+
 
 
 def checkpoint_uri(checkpoint: Checkpoint) -> str:
-    """Where a checkpoint lives, as a path or a URI (``s3://...``) that ``Checkpoint`` reads back."""
+    """Where a checkpoint lives, as a path or a URI (``s3://...``) that pyarrow reads back."""
     if is_local(checkpoint.filesystem):
         return checkpoint.path
     return f"{checkpoint.filesystem.type_name}://{checkpoint.path}"
@@ -23,27 +30,45 @@ def checkpoint_uri(checkpoint: Checkpoint) -> str:
 class MlflowTrialCallback(tune.Callback):
     """Mirrors every Tune trial into a child run of the sweep's parent run, through the sweep's outbox.
 
-    Child runs are named ``<sweep>-<n>`` in the order trials start (counted in the store, so a resumed
-    sweep continues the numbering): deterministic for a seeded sampler. A trial restarted after its
-    process died keeps its run, tagged with the number of restarts.
+    A child run is named ``<sweep>-<n>`` after its Optuna trial's number n (the number optuna-dashboard
+    shows), carries that number as a tag, and its run id goes on the Optuna trial. Its metrics are the
+    headline ones (``rdt_core.tracking.reports``) and the sweep's objectives; the rest of its last report
+    goes to its tables. A trial restarted after its process died keeps its run, tagged with the number
+    of restarts.
     """
 
-    def __init__(self, outbox: Outbox, base: Mapping[str, Any]):
+    def __init__(self, outbox: Outbox, base: Mapping[str, Any], objectives: Iterable[str], study_name: str,
+                 optuna_storage: str):
         self.outbox = outbox
         self.base = base
+        self.objectives = list(objectives)
+        self.study_name = study_name
+        self.optuna_storage = optuna_storage
         self.started: set[str] = set()  # trials whose run this driver has started
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        key = trial_key(trial.trial_id)
         if trial.trial_id in self.started:  # restarted after a failure, or unpaused
-            self.outbox.reopen(trial_key(trial.trial_id))
+            self.outbox.reopen(key)
             return
         self.started.add(trial.trial_id)
         params = trial_params(self.base, trial.config)  # the real seeds, and the replicate index if any
-        self.outbox.start_trial_run(trial.trial_id, params=params, tags={})
+        optuna_trial = self.optuna_trial(trial.trial_id)
+        if optuna_trial is None:  # not the sweep's searcher's trial: numbered by the store
+            self.outbox.start_trial_run(trial.trial_id, params=params, tags={})
+            return
+        name = f"{self.outbox.sweep_name}-{optuna_trial.number:03d}"
+        self.outbox.start_trial_run(trial.trial_id, params, {TRIAL_NUMBER_TAG: str(optuna_trial.number)}, name)
+        if (run_id := self.outbox.run_id(key)) is not None and not optuna_trial.state.is_finished():
+            optuna.storages.RDBStorage(self.optuna_storage).set_trial_user_attr(optuna_trial._trial_id, RUN_ID_ATTR, run_id)
+
+    def optuna_trial(self, tune_trial_id: str) -> optuna.trial.FrozenTrial | None:
+        """The study's trial that the searcher gave to this Tune trial, if any."""
+        study = optuna.load_study(study_name=self.study_name, storage=self.optuna_storage)
+        return next((t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(TUNE_TRIAL_ATTR) == tune_trial_id), None)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        step = int(result.get("step", iteration))
-        self.outbox.log_metrics(trial_key(trial.trial_id), metrics_of(result), step=step)
+        log_evaluation(self.outbox, trial_key(trial.trial_id), result, also=self.objectives)
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.outbox.set_tag(trial_key(trial.trial_id), "ray.restarts", str(trial.num_failures))
@@ -51,9 +76,7 @@ class MlflowTrialCallback(tune.Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         key = trial_key(trial.trial_id)
         result = trial.last_result or {}
-        table = per_loop_table(result)
-        if table:
-            self.outbox.log_text(key, table, "per_loop_accuracy.csv")
+        log_final(self.outbox, key, result)
         checkpoint = trial.checkpoint or (  # a TorchTrainer trial forwards its checkpoint's path
             Checkpoint(result["checkpoint_path"]) if result.get("checkpoint_path") else None
         )

@@ -48,12 +48,15 @@ def main(argv: list[str] | None = None) -> int:
         check_local_resources,
         run_sweep,
     )
-    from rdt_core.sweep.tracking import TrackingUnavailable
+    from rdt_core.sweep.summary import parent_run_link
+    from rdt_core.tracking import TrackingUnavailable
 
     plan = SweepPlan.resolve(spec, args.spec)
     if args.send_outbox:
         return send_kept_writes(spec.name)
     if args.dry_run:
+        for key, problem in spec.uncovered():
+            print(f"warning: {args.spec}: {key}: {problem}", file=sys.stderr)
         print(yaml.safe_dump(plan.as_dict(), sort_keys=False), end="")
         return 0
     try:
@@ -84,10 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         mlflow_command = Path(sys.executable).parent / "mlflow"
         if not mlflow_command.exists():
             mlflow_command = Path("mlflow")
-        print(
-            f"open it with: {mlflow_command} ui --backend-store-uri {outcome.tracking_uri} --port 5000"
-            " (then http://127.0.0.1:5000)"
-        )
+        print(f"open it with: {mlflow_command} ui --backend-store-uri {outcome.tracking_uri} --port 5000 --workers 1")
+        print(f"then: {parent_run_link(outcome, 'http://127.0.0.1:5000')}")
+    elif outcome.tracking_uri.startswith(("http://", "https://")):
+        print(f"open it at: {parent_run_link(outcome, outcome.tracking_uri)}")
     if outcome.unsent_writes:
         print(
             f"MLflow store {outcome.tracking_uri} is not answering: {outcome.unsent_writes} writes (results of "
@@ -101,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def send_kept_writes(sweep_name: str) -> int:
     """``--send-outbox``: 0 once every kept write is in MLflow, 1 while the store still does not answer."""
-    from rdt_core.sweep.outbox import outbox_path, send_outbox
+    from rdt_core.tracking import outbox_path, send_outbox
 
     path = outbox_path(sweep_name)
     if not path.exists():

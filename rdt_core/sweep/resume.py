@@ -10,7 +10,7 @@ from ray.tune import ExperimentAnalysis
 from ray.tune.experiment import Trial
 
 from rdt_core.sweep.storage import filesystem_and_path, tune_filesystem
-from rdt_core.sweep.tracking import SweepTracker
+from rdt_core.tracking import SweepTracker
 
 
 STARTED_MARK = "rdt-sweep-started"  # in the Tune experiment directory: written before the parent run

@@ -4,8 +4,11 @@ resumed sweep."""
 
 from __future__ import annotations
 
+import math
+import zlib
 from typing import Any, Callable
 
+import numpy as np
 import optuna
 from ray import tune
 from ray.tune.search import ConcurrencyLimiter
@@ -13,7 +16,7 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.tune.utils.util import unflatten_dict
 
 from rdt_core.sweep.spec import REPLICATE_KEY, Choice, FloatRange, IntRange, SweepSpec
-from rdt_core.train import FINAL_REPORT_KEY
+from rdt_core.metrics import FINISHED, STEP
 
 
 def tune_search_space(spec: SweepSpec) -> dict[str, Any]:
@@ -44,7 +47,7 @@ class PruningAwareOptunaSearch(OptunaSearch):
 
     Ray 2.60's OptunaSearch tells Optuna COMPLETE for every trial that ends without an error, early
     stopped or not, which feeds truncated runs to TPE as finished ones and misleads the dashboards.
-    A trial that ran to its end sent the summary (``FINAL_REPORT_KEY``) in its last report; one that
+    A trial that ran to its end sent the finished marker (``rdt_core.metrics.FINISHED``) in its last report; one that
     the scheduler stopped did not.
 
     A sweep killed after the study gave out a trial but before Tune saved its state leaves that trial
@@ -90,8 +93,10 @@ class PruningAwareOptunaSearch(OptunaSearch):
         return self._abandoned.pop(0) if self._abandoned else None
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        # Intermediate values at optimizer steps, the steps MLflow shows; Ray's would count reports.
+        at_step = {**result, "training_iteration": int(result.get(STEP.name(), result["training_iteration"]))}
         try:
-            super().on_trial_result(trial_id, result)
+            super().on_trial_result(trial_id, at_step)
         except optuna.exceptions.UpdateFinishedTrialError:
             pass  # a restored trial's report again, after the study recorded its end
 
@@ -101,10 +106,10 @@ class PruningAwareOptunaSearch(OptunaSearch):
         closed = self._closed_in_study(trial_id)
         if closed is not None:  # the study recorded its end before the sweep was killed
             self._completed_trials.add(trial_id)
-            if closed == optuna.trial.TrialState.FAIL and not error and result and FINAL_REPORT_KEY in result:
+            if closed == optuna.trial.TrialState.FAIL and not error and result and FINISHED.name() in result:
                 self._record_completed_again(trial_id, result)
             return
-        stopped_early = result is not None and not error and FINAL_REPORT_KEY not in result
+        stopped_early = result is not None and not error and FINISHED.name() not in result
         if stopped_early and trial_id not in self._completed_trials:
             self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
             self._completed_trials.add(trial_id)
@@ -151,8 +156,86 @@ def fail_running_trials(study: optuna.Study) -> int:
     return len(running)
 
 
+class SpaceFillingTPESampler(optuna.samplers.TPESampler):
+    """TPE whose startup trials (the first ``n_startup_trials``, or all ``n_trials`` of a shorter sweep)
+    come from a seeded space-filling design instead of independent random draws.
+
+    A small sweep is nothing but its start: four random draws of three integers leave one of them
+    untried about half the time (smoke.yaml's four trials once all drew train_loops 3). Here each
+    parameter is stratified on its own, as in a Latin hypercube: one with at most as many values as
+    the design has trials (an int range, a choice) gives every value once, in a seeded order, before
+    any value twice; a wider one (or a float range) is cut into one equal stratum per trial, and each
+    trial draws from another. Int ranges are cut on the linear scale, log or not (a spec's int ranges
+    are linear).
+
+    A trial's design values depend on ``design_seed``, the trial's number and the parameter alone: a
+    resumed sweep's new sampler (``PruningAwareOptunaSearch``, TPE seeded anew) goes on through the
+    same design without giving a point twice.
+    """
+
+    def __init__(self, *, n_trials: int, design_seed: int, **tpe_options: Any):
+        super().__init__(**tpe_options)
+        self._n_design = min(n_trials, self._n_startup_trials)
+        self._design_seed = design_seed
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+        if trial.number < self._n_design:
+            return {}  # every parameter through sample_independent
+        return super().infer_relative_search_space(study, trial)
+
+    def sample_independent(
+        self, study: optuna.Study, trial: optuna.trial.FrozenTrial, param_name: str,
+        param_distribution: optuna.distributions.BaseDistribution,
+    ) -> Any:
+        if trial.number < self._n_design:
+            return self._design_value(trial.number, param_name, param_distribution)
+        return super().sample_independent(study, trial, param_name, param_distribution)
+
+    def _design_value(self, number: int, name: str, distribution: optuna.distributions.BaseDistribution) -> Any:
+        """Trial ``number``'s value of parameter ``name``."""
+        # Python's str hash differs between processes; crc32 names the parameter's stream for good.
+        rng = np.random.default_rng([self._design_seed, zlib.crc32(name.encode())])
+        n_values = count_values(distribution)
+        if n_values is not None and n_values <= self._n_design:
+            passes, place = divmod(number, n_values)  # every value once per pass, each pass reshuffled
+            for _ in range(passes):
+                rng.permutation(n_values)
+            return value_at(distribution, int(rng.permutation(n_values)[place]))
+        strata, offsets = rng.permutation(self._n_design), rng.random(self._n_design)
+        stratum, offset = int(strata[number]), float(offsets[number])
+        if n_values is not None:  # the stratum's own values: a contiguous share of them
+            first, end = stratum * n_values // self._n_design, (stratum + 1) * n_values // self._n_design
+            return value_at(distribution, first + int(offset * (end - first)))
+        fraction = (stratum + offset) / self._n_design
+        low, high = distribution.low, distribution.high
+        if distribution.log:
+            value = math.exp(math.log(low) + fraction * (math.log(high) - math.log(low)))
+        else:
+            value = low + fraction * (high - low)
+        return float(min(value, high))  # fraction < 1, but rounding may still step past high
+
+
+def count_values(distribution: optuna.distributions.BaseDistribution) -> int | None:
+    """How many values ``distribution`` holds; None for a continuous float range."""
+    if isinstance(distribution, optuna.distributions.CategoricalDistribution):
+        return len(distribution.choices)
+    if distribution.step is None:
+        return None
+    return int(round((distribution.high - distribution.low) / distribution.step)) + 1
+
+
+def value_at(distribution: optuna.distributions.BaseDistribution, index: int) -> Any:
+    """The ``index``-th value of a distribution with countable values, from its low end."""
+    if isinstance(distribution, optuna.distributions.CategoricalDistribution):
+        return distribution.choices[index]
+    value = distribution.low + index * distribution.step
+    return int(value) if isinstance(distribution, optuna.distributions.IntDistribution) else float(value)
+
+
 def make_sampler(spec: SweepSpec, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
-    """The spec's sampler, seeded with its seed (plus ``seed_offset``: a resumed sweep's new stream)."""
+    """The spec's sampler, seeded with its seed (plus ``seed_offset``: a resumed sweep's new stream).
+    TPE, the default, starts from a space-filling design (``SpaceFillingTPESampler``) seeded with the
+    spec's seed alone, so that a resumed sweep continues the same design."""
     seed = spec.sampler.seed + seed_offset
     kind = spec.sampler.type
     if kind == "grid":
@@ -163,7 +246,7 @@ def make_sampler(spec: SweepSpec, seed_offset: int = 0) -> optuna.samplers.BaseS
         return optuna.samplers.RandomSampler(seed=seed)
     if kind == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed)
+    return SpaceFillingTPESampler(n_trials=spec.trial_count(), design_seed=spec.sampler.seed, seed=seed)
 
 
 def pareto_front(study: optuna.Study) -> list[dict[str, Any]]:

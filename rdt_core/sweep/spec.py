@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, Union
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from rdt_core.config import (
     ConfigError,
@@ -23,6 +23,7 @@ from rdt_core.config import (
     flatten,
     set_dotted,
 )
+from rdt_core.metrics import ACC
 from rdt_core.train import reported_metric_names
 
 
@@ -35,7 +36,16 @@ class SpecError(ValueError):
 REPLICATE_KEY = "replicate"
 
 
-class IntRange(StrictModel):
+class SpecModel(StrictModel):
+    """A section of the spec. Its types are strict: YAML reads ``yes``, ``true`` and ``on`` as booleans,
+    which pydantic would otherwise take for the number 1 (``num_samples: yes`` running one trial);
+    strings are not read as numbers either. Infinite and NaN numbers are refused: no range or
+    resource is meant by them."""
+
+    model_config = ConfigDict(strict=True, allow_inf_nan=False)
+
+
+class IntRange(SpecModel):
     """Integers drawn uniformly from ``low`` to ``high``, both included."""
 
     type: Literal["int"]
@@ -51,8 +61,11 @@ class IntRange(StrictModel):
     def bounds(self) -> list[Any]:
         return [self.low, self.high]
 
+    def n_values(self) -> int:
+        return self.high - self.low + 1
 
-class FloatRange(StrictModel):
+
+class FloatRange(SpecModel):
     """Floats drawn uniformly (``float``) or log-uniformly (``loguniform``) from ``low`` to ``high``."""
 
     type: Literal["float", "loguniform"]
@@ -70,8 +83,11 @@ class FloatRange(StrictModel):
     def bounds(self) -> list[Any]:
         return [self.low, self.high]
 
+    def n_values(self) -> None:
+        return None  # a continuum: no count of values to cover
 
-class Choice(StrictModel):
+
+class Choice(SpecModel):
     """One of ``values`` (``choice``: sampled; ``grid``: every value, with ``sampler.type: grid``)."""
 
     type: Literal["choice", "grid"]
@@ -80,19 +96,23 @@ class Choice(StrictModel):
     def bounds(self) -> list[Any]:
         return list(self.values)
 
+    def n_values(self) -> int:
+        return len(self.values)
+
 
 Distribution = Annotated[Union[IntRange, FloatRange, Choice], Field(discriminator="type")]
 DISTRIBUTION_TYPES = frozenset({"int", "float", "loguniform", "choice", "grid"})
 
 
-class Sampler(StrictModel):
+class Sampler(SpecModel):
     """Optuna's sampler: TPE (default), CMA-ES, random, NSGA-II (several objectives) or a full grid."""
 
     type: Literal["tpe", "cmaes", "random", "nsga2", "grid"] = "tpe"
-    seed: int = Field(0, ge=0)
+    # Optuna's samplers take seeds below 2**32, and a resumed sweep adds its trial count to this one.
+    seed: int = Field(0, ge=0, lt=2**31)
 
 
-class Scheduler(StrictModel):
+class Scheduler(SpecModel):
     """Early stopping of unpromising trials, counted in evaluations (``train.eval_every`` steps each)."""
 
     type: Literal["fifo", "asha", "hyperband"] = "fifo"
@@ -103,7 +123,7 @@ class Scheduler(StrictModel):
 PhaseDiagram = Literal["overthinking", "grokking", "halting", "depth"]
 
 
-class TrainedModel(StrictModel):
+class TrainedModel(SpecModel):
     """An already trained model for an inference-only sweep: a checkpoint file or a trial's MLflow run."""
 
     checkpoint: str | None = Field(None, description="path of a model.pt written by a trial")
@@ -116,7 +136,7 @@ class TrainedModel(StrictModel):
         return self
 
 
-class Resources(StrictModel):
+class Resources(SpecModel):
     """What one trial asks of the cluster. More than one worker runs the trial in Ray Train."""
 
     workers_per_trial: int = Field(1, ge=1, le=1024)
@@ -132,12 +152,12 @@ class Resources(StrictModel):
         return self
 
 
-class SweepSpec(StrictModel):
+class SweepSpec(SpecModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="MLflow experiment and Tune run name")
     description: str = ""
     base: dict[str, Any] = Field(default_factory=dict, description="config values that differ from defaults")
     search_space: dict[str, Distribution] = Field(default_factory=dict)
-    metric: str | list[str] = Field("acc/id", description="objective(s); a list for several")
+    metric: str | list[str] = Field(ACC.name(split="id"), description="objective(s); a list for several")
     mode: Literal["max", "min"] | list[Literal["max", "min"]] = "max"
     num_samples: int | None = Field(None, ge=1, description="trials; default 4, or the grid's size")
     seeds: int = Field(
@@ -198,6 +218,25 @@ class SweepSpec(StrictModel):
                 return "num_samples", f"{self.num_samples} differs from the grid's {self.grid_size()} points{replicated}"
         return None
 
+    def uncovered(self) -> list[tuple[str, str]]:
+        """(dotted key, problem) for each searched parameter with more values (an int range's integers,
+        a choice's values) than the sweep has trials: some of them are never tried, whatever the
+        sampler does. Valid all the same (a sweep may mean to sample a wide range sparsely), so the
+        command warns instead of refusing. A grid sweep tries every value by construction."""
+        if self.sampler.type == "grid":
+            return []
+        trials = self.trial_count()
+        problems = []
+        for key, distribution in self.search_space.items():
+            n_values = distribution.n_values()
+            if n_values is not None and n_values > trials:
+                problems.append((
+                    f"search_space.{key}",
+                    f"{n_values} values but {trials} trials (num_samples): "
+                    f"at least {n_values - trials} of them are never tried",
+                ))
+        return problems
+
     def objectives(self) -> tuple[list[str], list[str]]:
         """The metrics and their modes, as lists (one entry for a single objective)."""
         metrics = self.metric if isinstance(self.metric, list) else [self.metric]
@@ -250,20 +289,52 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> SweepSpec
     """Read, parse, override (``--set key=value`` items) and validate the spec at ``path``; any problem
     is a one-line :class:`SpecError`."""
     path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"{path}: no such spec file")
+    text = read_spec_text(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(text)
+    except yaml.reader.ReaderError as error:  # a character YAML does not allow: no mark, a position
+        raise SpecError(f"{path}: {line_and_column(text, error.position)}: invalid YAML: {error.reason}") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(top level)"
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
         raise SpecError(f"{path}: {where}: invalid YAML: {problem}") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise SpecError(f"{path}: (top level): invalid YAML: nested too deeply") from None
+    if raw is None:
+        raise SpecError(f"{path}: (top level): the spec is empty; it needs at least a name")
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: (top level): expected a mapping of keys, got {type(raw).__name__}")
     for item in overrides or []:
         apply_override(raw, item, path)
     return validate_spec(raw, path)
+
+
+def read_spec_text(path: Path) -> str:
+    """The spec's text, read as UTF-8: a byte that is not UTF-8 is named by its line and column, where
+    a plain decode would end in a traceback."""
+    if path.is_dir():
+        raise SpecError(f"{path}: is a directory, not a spec file")
+    if not path.is_file():
+        raise SpecError(f"{path}: no such spec file")
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise SpecError(f"{path}: cannot be read: {error.strerror or error}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        before = data[: error.start].decode("utf-8")  # valid up to the first bad byte
+        where = line_and_column(before, len(before))
+        problem = f"not UTF-8 text (byte 0x{data[error.start]:02x}); save the spec as UTF-8"
+        raise SpecError(f"{path}: {where}: {problem}") from None
+
+
+def line_and_column(text: str, position: int) -> str:
+    """``line L, column C`` of the character at ``position`` in ``text``, both counted from 1."""
+    line_start = text.rfind("\n", 0, position) + 1
+    line = text.count("\n", 0, position) + 1
+    return f"line {line}, column {position - line_start + 1}"
 
 
 def apply_override(raw: dict[str, Any], item: str, path: Path) -> None:
@@ -273,12 +344,16 @@ def apply_override(raw: dict[str, Any], item: str, path: Path) -> None:
     key, separator, text = item.partition("=")
     if not separator or not key:
         raise SpecError(f"{path}: --set {item}: expected KEY=VALUE")
+    if "" in key.split("."):
+        raise SpecError(f"{path}: --set {key}: an empty part in the dotted key")
     try:
         value = yaml.safe_load(text)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         raise SpecError(f"{path}: --set {key}: the value is not valid YAML") from None
     if key.startswith("search_space."):
         space = raw.setdefault("search_space", {})
+        if not isinstance(space, dict):
+            raise SpecError(f"{path}: search_space: expected a mapping of search keys, got {type(space).__name__}")
         entry_key = key.removeprefix("search_space.")
         if entry_key not in space and "." in entry_key:
             entry_key, field = entry_key.rsplit(".", 1)

@@ -2,7 +2,7 @@
 the end-of-run analysis and the list of reported metrics (``analysis``), and ``python -m rdt_core.train``
 for one run without Ray (in ``__main__``)."""
 
-from rdt_core.train.analysis import FINAL_REPORT_KEY, evaluate_checkpoint, reported_metric_names, split_hop_counts
+from rdt_core.train.analysis import evaluate_checkpoint, reported_metric_names, split_hop_counts
 from rdt_core.train.checkpoints import (
     CHECKPOINT_FILE,
     Reporter,
@@ -14,7 +14,6 @@ from rdt_core.train.worker import train_worker
 
 __all__ = [
     "CHECKPOINT_FILE",
-    "FINAL_REPORT_KEY",
     "Reporter",
     "evaluate_checkpoint",
     "is_resumable",

@@ -1,9 +1,10 @@
 """``python -m rdt_core.train CONFIG.yaml [--set key=value ...] [--out run.jsonl] [--no-mlflow]``
 
 One training run without Ray: the quickest way to debug a config. A progress bar follows the
-evaluations; the run is logged to MLflow the way a sweep's trial is (its full config as parameters, every
-metric at every evaluation step, the per-loop accuracy table and the checkpoint), in the experiment named
-by ``--experiment`` (default: the config file's name). ``--out`` also writes every report as one JSON line.
+evaluations; the run is logged to MLflow the way a sweep's trial is (its full config as parameters, the
+headline metrics at every evaluation step, the tables and per-loop curves at the end, the checkpoint), in
+the experiment named by ``--experiment`` (default: the config file's name). ``--out`` also writes every
+report, every metric of it, as one JSON line.
 Invalid input exits 2 with one line naming the file and the key, before anything starts.
 """
 
@@ -20,7 +21,11 @@ import yaml
 from tqdm import tqdm
 
 from rdt_core.config import ConfigError, ExperimentConfig
+from rdt_core.metrics import ACC, LOSS
+from rdt_core.tracking.reports import log_evaluation, log_final
 from rdt_core.train import CHECKPOINT_FILE, train_worker
+
+SHOWN = [LOSS.name(split="train"), *(ACC.name(split=split) for split in ("train", "id", "ood"))]  # on the progress bar
 
 
 def parse_config(path: Path, overrides: list[str]) -> ExperimentConfig:
@@ -55,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tracker = run_id = None
     if not args.no_mlflow:
-        from rdt_core.sweep.tracking import SweepTracker, resolve_tracking_uri
+        from rdt_core.tracking import SweepTracker, resolve_tracking_uri
 
         tracker = SweepTracker(resolve_tracking_uri(None), args.experiment or args.config.stem)
         run_id = tracker.start_parent(
@@ -68,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     def report(metrics: dict[str, float], checkpoint: Path | None) -> None:  # one run: no resuming
         reports.append(metrics)
         if tracker is not None:
-            tracker.log_metrics(run_id, {k: v for k, v in metrics.items() if k != "step"}, int(metrics["step"]))
-        shown = {name: f"{metrics[name]:.3f}" for name in ("loss/train", "acc/train", "acc/id", "acc/ood") if name in metrics}
+            log_evaluation(tracker, run_id, metrics)
+        shown = {name: f"{metrics[name]:.3f}" for name in SHOWN if name in metrics}
         progress.set_postfix(shown, refresh=False)
         progress.update(1)
 
@@ -93,9 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def log_run_artifacts(tracker, run_id: str, final: dict[str, float], checkpoint_dir: Path) -> None:
-    from rdt_core.sweep.tracking import per_loop_table
-
-    tracker.client.log_text(run_id, per_loop_table(final), "per_loop_accuracy.csv")
+    log_final(tracker, run_id, final)
     tracker.client.log_artifact(run_id, str(checkpoint_dir / CHECKPOINT_FILE), "checkpoint")
 
 

@@ -15,7 +15,6 @@ from rdt_core.config import ExperimentConfig
 from rdt_core.data.nulls import NULL_SHORTCUTS, null_metrics
 from rdt_core.data.queries import QuerySet, Splits, build_splits, n_held_out_facts
 from rdt_core.eval import (
-    VALIDATION_SUFFIX,
     SplitResult,
     evaluate,
     halting_rules,
@@ -24,6 +23,7 @@ from rdt_core.eval import (
     validation_metrics,
 )
 from rdt_core.halting import halting_inference
+from rdt_core import metrics as names
 from rdt_core.lens import answer_position_ranks, lens_metrics, prefix_lens_metrics, prefix_ranks
 from rdt_core.model.transformer import RecurrentDepthTransformer
 from rdt_core.patching import (
@@ -37,7 +37,6 @@ from rdt_core.patching import (
 from rdt_core.train.checkpoints import Reporter, load_checkpoint
 from rdt_core.train.devices import pick_device
 
-FINAL_REPORT_KEY = "time/train_s"  # only the last report, sent once training has finished, carries it
 PATCHING_POINTS = ("state", "injected")
 
 
@@ -59,8 +58,10 @@ def reported_metric_names(config: ExperimentConfig) -> set[str]:
     """
     max_loops = config.model.max_loops
     rules = halting_rules(config.eval, with_grid=True)
-    names = {"step", "lr", "loss/train", "loops/train", "curriculum/max_hops", "time/elapsed_s", "resume/from_step"}
-    names |= {FINAL_REPORT_KEY, "model/n_params", "dist/world_size", "null/chance"}
+    reported = {kind.name() for kind in (names.STEP, names.LR, names.CURRICULUM_MAX_HOPS, names.ELAPSED_S,
+                                         names.RESUMED_FROM_STEP, names.FINISHED, names.TRAIN_S, names.N_PARAMS,
+                                         names.WORLD_SIZE, names.NULL_CHANCE)}
+    reported |= {names.LOSS.name(split="train"), names.TRAINED_LOOPS.name(split="train")}
 
     def placeholder(hop_counts: list[int]) -> SplitResult:
         """Two queries per hop count, one with a trained prefix and one without, so every name is listed."""
@@ -75,24 +76,22 @@ def reported_metric_names(config: ExperimentConfig) -> set[str]:
 
     for split, hop_counts in split_hop_counts(config).items():
         validation = None if split == "train" else placeholder(hop_counts)
-        split_names = split_metrics(split, placeholder(hop_counts), config, rules, validation).keys()
-        names |= set(split_names) | {f"final/{name}" for name in split_names}
-        names |= {f"phase/{split}/step", f"phase/{split}/reached", f"halting/{split}/loops_saved"}
+        reported |= set(split_metrics(split, placeholder(hop_counts), config, rules, validation))
+        reported |= {kind.name(split=split) for kind in (names.PHASE_STEP, names.PHASE_REACHED, names.LOOPS_SAVED)}
         if split != "train":
-            val_names = validation_metrics(f"{split}{VALIDATION_SUFFIX}", placeholder(hop_counts), config, rules)
-            names |= set(val_names) | {f"final/{name}" for name in val_names}
-            names |= set(state_norm_metrics(placeholder(hop_counts)))
+            reported |= set(validation_metrics(names.validation_split(split), placeholder(hop_counts), config, rules))
+            reported |= set(state_norm_metrics(placeholder(hop_counts)))
             for k in hop_counts:
-                names |= {f"null/{split}/hops_{k}/{shortcut}" for shortcut in NULL_SHORTCUTS}
+                reported |= {names.NULL.name(split=split, hops=k, stat=shortcut) for shortcut in NULL_SHORTCUTS}
                 ranks = torch.zeros(max_loops, 1, max(hop_counts), dtype=torch.long)
-                names |= set(lens_metrics(split, k, ranks)) | set(prefix_lens_metrics(split, k, ranks))
+                reported |= set(lens_metrics(split, k, ranks)) | set(prefix_lens_metrics(split, k, ranks))
     length = config.data.test_max_hops + 1
     every_cell = torch.zeros(config.eval.patching_loops or config.train.train_loops, length, dtype=torch.bool)
     grid = PatchingGrid(torch.zeros(every_cell.shape), 0.0)
     for point in PATCHING_POINTS:
         for prefix in ("patching", "patching_null"):
-            names |= set(patching_metrics(point, patching_hops(config), grid, every_cell, prefix))
-    return names
+            reported |= set(patching_metrics(point, patching_hops(config), grid, every_cell, prefix))
+    return reported
 
 
 def patching_hops(config: ExperimentConfig) -> int:
@@ -122,10 +121,10 @@ def final_analysis(
     rule = halting_rules(config.eval, with_grid=False)[0]
     metrics: dict[str, float] = {}
     for split, queries in eval_sets.items():
-        if split.endswith(VALIDATION_SUFFIX):
+        if names.is_validation(split):
             continue
         halted = halting_inference(model, queries.tokens, max_loops, rule)
-        metrics[f"halting/{split}/loops_saved"] = halted.loops_saved / (len(queries) * max_loops)
+        metrics[names.LOOPS_SAVED.name(split=split)] = halted.loops_saved / (len(queries) * max_loops)
         if split == "train":
             continue
         metrics.update(null_metrics(splits, queries, split))
@@ -172,12 +171,12 @@ def evaluate_checkpoint(path: Path, eval_overrides: dict[str, object], reporter:
     eval_sets = device_eval_sets(splits, config, device)
     metrics = evaluate(model, eval_sets, config, with_grid=True)
     metrics.update(final_analysis(model, splits, eval_sets, config, device))
-    metrics.update({f"final/{name}": value for name, value in list(metrics.items()) if name.startswith("acc/")})
     metrics.update(
         {
-            "step": float(config.train.steps),
-            FINAL_REPORT_KEY: time.perf_counter() - started,
-            "model/n_params": float(sum(p.numel() for p in model.parameters())),
+            names.STEP.name(): float(config.train.steps),
+            names.TRAIN_S.name(): time.perf_counter() - started,
+            names.N_PARAMS.name(): float(sum(p.numel() for p in model.parameters())),
+            names.FINISHED.name(): 1.0,
         }
     )
     reporter(metrics, None)

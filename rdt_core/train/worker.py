@@ -7,7 +7,8 @@ DistributedDataParallel and the global batch is split across the workers.
 
 Reported every ``eval_every`` steps: ``loss/train``, ``lr``, the loop count of the step, the evaluation
 metrics of ``rdt_core.eval`` and the grokking phases reached so far. The last report adds the summary:
-``final/...`` accuracies, the whole halting grid, the logit lens, activation patching, time and size.
+the whole halting grid, the logit lens, activation patching, time and size, and the finished marker
+(``rdt_core.metrics.FINISHED``). Every name comes from ``rdt_core.metrics``.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from rdt_core.config import ExperimentConfig
 from rdt_core.data.queries import QuerySet, build_splits
-from rdt_core.eval import VALIDATION_SUFFIX, evaluate, loop_metric_name
+from rdt_core import metrics as names
+from rdt_core.eval import evaluate
 from rdt_core.model.transformer import build_model
-from rdt_core.train.analysis import FINAL_REPORT_KEY, device_eval_sets, final_analysis
+from rdt_core.train.analysis import device_eval_sets, final_analysis
 from rdt_core.train.checkpoints import (
     Reporter,
     read_final_report,
@@ -67,7 +69,7 @@ class LoopSampler:
 def phase_metric(split: str) -> str:
     """What a grokking phase is timed on: training accuracy at the trained loop count, and a test split's
     accuracy on its trained hop counts at the loop budget chosen on its validation split."""
-    return "acc/train" if split == "train" else f"acc/{split}/chosen"
+    return names.ACC.name(split=split) if split == "train" else names.ACC_CHOSEN.name(split=split)
 
 
 class Curriculum:
@@ -91,7 +93,7 @@ class Curriculum:
         self.eligible = self._eligible()
 
     def update(self, metrics: dict[str, float]) -> None:
-        by_loop = [metrics.get(loop_metric_name(f"train/hops_{self.max_hops}", loop), 0.0)
+        by_loop = [metrics.get(names.ACC_HOPS_LOOP.name(split="train", hops=self.max_hops, loop=loop), 0.0)
                    for loop in range(1, self.config.model.max_loops + 1)]
         level_reached = max(by_loop) >= self.config.train.curriculum_level
         if self.config.train.curriculum and level_reached and self.max_hops < self.config.data.train_max_hops:
@@ -160,7 +162,7 @@ def train_worker(
 
     loss_sum, loops_sum, step_count = torch.zeros((), device=device), 0, 0
     metrics: dict[str, float] = {}
-    phase_splits = [split for split in eval_sets if not split.endswith(VALIDATION_SUFFIX)]
+    phase_splits = [split for split in eval_sets if not names.is_validation(split)]
     for step in range(progress.step + 1, config.train.steps + 1):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate_at(step - 1, config)
@@ -188,22 +190,23 @@ def train_worker(
             with autocast:
                 metrics = evaluate(model, eval_sets, config, with_grid=last_step)
             progress.step = step
+            elapsed_s = progress.elapsed_s + time.perf_counter() - started
             metrics.update(
                 {
-                    "step": float(step),
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "loss/train": (loss_sum / step_count).item(),
-                    "loops/train": loops_sum / step_count,
-                    "curriculum/max_hops": float(curriculum.max_hops),
-                    "time/elapsed_s": progress.elapsed_s + time.perf_counter() - started,
-                    "resume/from_step": float(resumed_from_step),
+                    names.STEP.name(): float(step),
+                    names.LR.name(): optimizer.param_groups[0]["lr"],
+                    names.LOSS.name(split="train"): (loss_sum / step_count).item(),
+                    names.TRAINED_LOOPS.name(split="train"): loops_sum / step_count,
+                    names.CURRICULUM_MAX_HOPS.name(): float(curriculum.max_hops),
+                    names.ELAPSED_S.name(): elapsed_s,
+                    names.RESUMED_FROM_STEP.name(): float(resumed_from_step),
                 }
             )
             for split in phase_splits:
                 if split not in progress.phase_steps and metrics[phase_metric(split)] >= config.eval.phase_level:
                     progress.phase_steps[split] = step
                 if split in progress.phase_steps:
-                    metrics[f"phase/{split}/step"] = float(progress.phase_steps[split])
+                    metrics[names.PHASE_STEP.name(split=split)] = float(progress.phase_steps[split])
             curriculum.update(metrics)
             progress.curriculum_max_hops = curriculum.max_hops
             loss_sum.zero_()
@@ -215,7 +218,7 @@ def train_worker(
             if checkpoint_dir is not None and interval and step % interval == 0:
                 checkpoint = save_training_state(
                     Path(checkpoint_dir) / f"step_{step:07d}", model, config, optimizer, batch_generator,
-                    sample_loops.generator, asdict(replace(progress, elapsed_s=metrics["time/elapsed_s"])),
+                    sample_loops.generator, asdict(replace(progress, elapsed_s=elapsed_s)),
                 )
             reporter(metrics, checkpoint)
             if checkpoint is not None:
@@ -224,11 +227,11 @@ def train_worker(
     with autocast:
         summary = final_analysis(model, splits, eval_sets, config, device)
     for split in phase_splits:
-        summary[f"phase/{split}/reached"] = float(split in progress.phase_steps)
-        summary.update({f"final/{name}": value for name, value in metrics.items() if name.startswith(f"acc/{split}")})
-    summary[FINAL_REPORT_KEY] = progress.elapsed_s + time.perf_counter() - started
-    summary["model/n_params"] = float(sum(p.numel() for p in model.parameters()))
-    summary["dist/world_size"] = float(world_size)
+        summary[names.PHASE_REACHED.name(split=split)] = float(split in progress.phase_steps)
+    summary[names.TRAIN_S.name()] = progress.elapsed_s + time.perf_counter() - started
+    summary[names.N_PARAMS.name()] = float(sum(p.numel() for p in model.parameters()))
+    summary[names.WORLD_SIZE.name()] = float(world_size)
+    summary[names.FINISHED.name()] = 1.0
     final_report = {**metrics, **summary}
     final_checkpoint = None
     if checkpoint_dir is not None and rank == 0:

@@ -42,7 +42,7 @@ from mlflow.tracking import MlflowClient
 from ray.util.state.api import StateApiClient
 from ray.util.state.common import ListApiOptions, StateResource
 
-from rdt_core.train import FINAL_REPORT_KEY
+from rdt_core.metrics import FINISHED
 from tests.helpers import (
     REPO_ROOT,
     free_port,
@@ -151,7 +151,7 @@ def test_sweep_trials_run_on_two_autoscaled_worker_nodes_into_shared_storage_and
         assert len(trial_dirs) == 2, f"trial dirs in {experiment_dir}: {trial_dirs}\n{sweep_output}"
         results = {path.name.removeprefix("trial-"): final_results(path) for path in trial_dirs}
         for trial_id, reports in results.items():
-            assert reports and FINAL_REPORT_KEY in reports[-1], f"trial {trial_id} has no final report\n{sweep_output}"
+            assert reports and FINISHED.name() in reports[-1], f"trial {trial_id} has no final report\n{sweep_output}"
             assert list((experiment_dir / f"trial-{trial_id}").glob("checkpoint_*/model.pt")), (
                 f"trial {trial_id} left no checkpoint with model.pt in {experiment_dir}"
             )
@@ -196,6 +196,6 @@ def test_sweep_trials_run_on_two_autoscaled_worker_nodes_into_shared_storage_and
     for run in children:
         assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
         assert run.info.status == "FINISHED", run.info
-        assert "acc/id" in run.data.metrics and "final/acc/id" in run.data.metrics, sorted(run.data.metrics)
+        assert "acc/id" in run.data.metrics and "trial/finished" in run.data.metrics, sorted(run.data.metrics)
         checkpoint = [artifact.path for artifact in client.list_artifacts(run.info.run_id, "checkpoint")]
         assert "checkpoint/model.pt" in checkpoint, checkpoint

@@ -46,14 +46,44 @@ def test_smoke_sweep_logs_one_parent_and_one_child_per_trial(tmp_path):
         assert {"train.lr", "train.train_loops", "data.n_entities"} <= set(child.data.params)
         history = client.get_metric_history(child.info.run_id, "acc/id")
         assert [metric.step for metric in history] == [50, 100, 150, 200]
-        for loop in range(1, spec["base"]["model"]["max_loops"] + 1):
-            assert client.get_metric_history(child.info.run_id, f"acc/id/loop_{loop:02d}")
-        assert "final/acc/id" in child.data.metrics
-    assert f"best/{spec['metric']}" in parents[0].data.metrics
-    assert any(key.startswith("system/cpu_utilization") for key in parents[0].data.metrics)
+        curve = client.get_metric_history(child.info.run_id, "acc_by_loop/id")  # its step: the inference loop
+        assert [metric.step for metric in curve] == list(range(1, spec["base"]["model"]["max_loops"] + 1))
+        assert child.data.metrics["trial/finished"] == 1.0
+        assert len(child.data.metrics) <= 40 and "acc/id/loop_01" not in child.data.metrics  # the rest: tables
+        assert {"tables/accuracy_by_loop.json", "tables/halting.json"} <= {
+            a.path for a in client.list_artifacts(child.info.run_id, "tables")}
+    parent = parents[0]
+    assert f"best/{spec['metric']}" in parent.data.metrics
+    assert any(key.startswith("system/cpu_utilization") for key in parent.data.metrics)
     artifacts = [entry.path for entry in client.list_artifacts(parent_id)]
-    assert {"spec.yaml", "plan.yaml"} <= set(artifacts)
-    assert parents[0].data.tags["optuna.study_name"] == f"smoke-{parent_id}"
+    assert {"spec.yaml", "plan.yaml", "leaderboard.json"} <= set(artifacts)
+    assert any(path.startswith("diagrams") for path in artifacts)  # smoke names no diagram: all supported are drawn
+
+    # The parent run is the sweep's summary: its description, the searched keys marked, a leaderboard.
+    assert parent.data.tags["mlflow.note.content"] == spec["description"]
+    assert parent.data.params["search.train.lr"].startswith("loguniform")
+    assert "base.train.lr" not in parent.data.params and "base.train.steps" in parent.data.params
+    board = json.loads(Path(client.download_artifacts(parent_id, "leaderboard.json", str(tmp_path))).read_text())
+    rows = [dict(zip(board["columns"], row)) for row in board["data"]]
+    assert sorted(row["trial"] for row in rows) == [0, 1, 2, 3] and {row["state"] for row in rows} == {"COMPLETE"}
+    scores = [row[spec["metric"]] for row in rows]
+    assert scores == sorted(scores, reverse=True)  # best first
+    by_name = {child.info.run_name: child for child in children}
+    assert {row["run_id"] for row in rows} == {child.info.run_id for child in children}
+    best = [child for child in children if child.data.tags.get("sweep.best") == "true"]
+    assert [child.info.run_id for child in best] == [rows[0]["run_id"]] == [parent.data.tags["sweep.best_run"]]
+
+    # MLflow and Optuna in step: trial n is child run smoke-00n, each names the other.
+    study_name = parent.data.tags["optuna.study_name"]
+    assert study_name == "smoke-001"
+    study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert study.user_attrs["mlflow.parent_run_id"] == parent_id and study.metric_names == [spec["metric"]]
+    for trial in study.trials:
+        child = by_name[f"smoke-{trial.number:03d}"]
+        assert trial.user_attrs["mlflow.run_id"] == child.info.run_id
+        assert child.data.tags["optuna.trial_number"] == str(trial.number)
+        assert sorted(trial.intermediate_values) == [50, 100, 150, 200]  # at optimizer steps
+    assert len({trial.params["train.train_loops"] for trial in study.trials}) == 3  # 2, 3 and 4 all tried
     assert (tmp_path / "ray_results" / "smoke").is_dir()
 
 
@@ -99,7 +129,7 @@ def test_early_stopped_trials_are_pruned_in_the_optuna_study(tmp_path):
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
 
     client, parents, children = runs_of(tmp_path, "asha")
-    stopped_early = [run for run in children if "final/acc/id" not in run.data.metrics]
+    stopped_early = [run for run in children if "trial/finished" not in run.data.metrics]
     assert stopped_early, "ASHA stopped no trial: the test proves nothing"
     study = optuna.load_study(
         study_name=parents[0].data.tags["optuna.study_name"], storage=f"sqlite:///{tmp_path / 'optuna.db'}"
@@ -145,7 +175,7 @@ def test_inference_only_sweep_searches_halting_over_a_trained_trial_without_trai
     client, _, children = runs_of(tmp_path, "trained")
     trained_run = children[0]
     assert "checkpoint/model.pt" in [a.path for a in client.list_artifacts(trained_run.info.run_id, "checkpoint")]
-    assert "per_loop_accuracy.csv" in [a.path for a in client.list_artifacts(trained_run.info.run_id)]
+    assert "tables" in [a.path for a in client.list_artifacts(trained_run.info.run_id)]
 
     search = {
         "name": "thresholds",

@@ -124,7 +124,7 @@ def test_a_server_gone_mid_sweep_loses_no_finished_trial(tmp_path):
         for child in children:
             assert child.info.status == "FINISHED"
             assert [m.step for m in client.get_metric_history(child.info.run_id, "acc/id")] == [100, 200]
-            assert "final/acc/id" in child.data.metrics
+            assert "trial/finished" in child.data.metrics
             assert [a.path for a in client.list_artifacts(child.info.run_id, "checkpoint")] == ["checkpoint/model.pt"]
     finally:
         stop_tracking_server(server)

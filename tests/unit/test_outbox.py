@@ -6,8 +6,8 @@ import pickle
 import pytest
 from mlflow.exceptions import MlflowException
 
-from rdt_core.sweep.outbox import PARENT, Outbox, read_outbox, send_outbox, trial_key
-from rdt_core.sweep.tracking import SweepTracker
+from rdt_core.tracking.outbox import PARENT, Outbox, read_outbox, send_outbox, trial_key
+from rdt_core.tracking import SweepTracker
 
 
 class SwitchableClient:
@@ -28,7 +28,8 @@ class SwitchableClient:
 
 
 @pytest.fixture
-def tracker(tmp_path):
+def tracker(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a SQLite store keeps its artifacts in ./mlruns
     tracker = SweepTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "sweep")
     tracker.start_parent("sweep", params={}, tags={})
     tracker._client = SwitchableClient(tracker.client)
@@ -114,3 +115,31 @@ def test_a_restarted_trial_reporting_again_logs_nothing_twice(tracker, tmp_path)
     history = lambda key: [(m.step, m.value) for m in tracker.client.get_metric_history(run_id, key)]  # noqa: E731
     assert history("acc/id") == [(10, 0.25), (20, 0.5), (30, 0.75)]
     assert history("loss/train") == [(10, 2.0), (20, 1.5), (30, 1.0)]
+
+
+def test_tables_and_curves_kept_while_down_are_sent_once_and_a_table_sent_again_replaces_itself(tracker, tmp_path):
+    """A restarted trial sends its last report again: its table must not grow a second copy of its rows
+    (``MlflowClient.log_table`` appends), nor its curve a second point at each loop."""
+    import json
+
+    outbox = Outbox(tracker, "sweep", tmp_path / "outbox.jsonl")
+    outbox.start_trial_run("t1", params={}, tags={}, name="sweep-007")
+    tracker.client.down = True
+    outbox.log_table(trial_key("t1"), [{"split": "id", "loop": 1, "accuracy": 0.5}], "tables/accuracy_by_loop.json")
+    outbox.log_curve(trial_key("t1"), "acc_by_loop/id", {1: 0.5, 2: 0.75})
+    assert len(read_outbox(tmp_path / "outbox.jsonl")[1]) == 2
+    tracker.client.down = False
+    outbox.flush()
+    run_id = children(tracker)["t1"].info.run_id
+    resumed = Outbox(tracker, "sweep", tmp_path / "outbox.jsonl")  # a resumed sweep's driver
+    resumed.reopen(trial_key("t1"))
+    resumed.log_table(trial_key("t1"), [{"split": "id", "loop": 1, "accuracy": 0.5}], "tables/accuracy_by_loop.json")
+    resumed.log_curve(trial_key("t1"), "acc_by_loop/id", {1: 0.5, 2: 0.75})
+
+    client = tracker.client.client
+    assert client.get_run(run_id).info.run_name == "sweep-007"
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "acc_by_loop/id")] == [(1, 0.5), (2, 0.75)]
+    written = json.loads(open(client.download_artifacts(run_id, "tables/accuracy_by_loop.json", str(tmp_path))).read())
+    assert written["data"] == [["id", 1, 0.5]]
+    marked = json.loads(client.get_run(run_id).data.tags["mlflow.loggedArtifacts"])
+    assert marked == [{"path": "tables/accuracy_by_loop.json", "type": "table"}]

@@ -18,6 +18,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from rdt_core.report import DIAGRAMS, ReportError, draw_report, pareto_front
 from rdt_core.report.__main__ import main
 from rdt_core.report.diagrams import depth, grokking, halting, overthinking
+from rdt_core.report.render import PLOTLY_JS
 from rdt_core.report.runs import REPLICATE_PARAM, Spread, Sweep, Trial, group_replicates, load_sweep
 
 MAX_LOOPS, STEPS, PHASE_LEVEL = 6, [0, 100, 200, 300, 400, 500], 0.5
@@ -134,7 +135,7 @@ def store(tmp_path_factory) -> dict:
 def test_draws_every_diagram_as_png_and_html_and_logs_them_to_the_parent_run(store, tmp_path):
     report = draw_report(store["uri"], "full", out_dir=tmp_path)
 
-    expected = {f"{name}.{ext}" for name in DIAGRAMS for ext in ("png", "html")}
+    expected = {f"{name}.{ext}" for name in DIAGRAMS for ext in ("png", "html")} | {PLOTLY_JS}
     assert report.parent_run_id == store["full"]
     assert report.notes == []
     assert {path.name for path in report.files} == expected
@@ -143,8 +144,8 @@ def test_draws_every_diagram_as_png_and_html_and_logs_them_to_the_parent_run(sto
     for path in report.files:
         if path.suffix == ".png":
             assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        else:  # self-contained: plotly.js (several MB) is embedded, so the page opens offline
-            assert path.stat().st_size > 1_000_000 and "Plotly.newPlot" in path.read_text()
+        elif path.suffix == ".html":  # small: it loads the one plotly.js logged beside it
+            assert path.stat().st_size < 100_000 and "Plotly.newPlot" in path.read_text()
 
 
 def test_overthinking_marks_each_rows_peak_and_averages_trials_of_one_trained_loop_count(store):
@@ -204,7 +205,7 @@ def test_depth_draws_a_line_between_trained_and_untrained_hop_counts(store):
 def test_a_sweep_without_ood_split_skips_what_needs_it(store, tmp_path):
     report = draw_report(store["uri"], "no-ood", diagrams=["grokking", "depth"], out_dir=tmp_path)
 
-    assert {path.name for path in report.files} == {"grokking.png", "grokking.html"}
+    assert {path.name for path in report.files} == {"grokking.png", "grokking.html", PLOTLY_JS}
     assert len(report.notes) == 2
     assert report.notes[0].startswith("grokking: no ood split")
     assert report.notes[1].startswith("depth: skipped")
@@ -243,6 +244,7 @@ def test_cli_exits_2_for_an_unknown_diagram_and_prints_the_artifacts_it_writes(s
     assert [line.split()[0] for line in printed] == [
         f"runs:/{store['full']}/diagrams/depth.png",
         f"runs:/{store['full']}/diagrams/depth.html",
+        f"runs:/{store['full']}/diagrams/{PLOTLY_JS}",
     ]
 
 

@@ -13,7 +13,7 @@ from rdt_core.sweep.resume import (
     was_started,
 )
 from rdt_core.sweep.storage import tune_filesystem
-from rdt_core.sweep.tracking import SweepTracker, TrackingUnavailable, store_must_answer
+from rdt_core.tracking import SweepTracker, TrackingUnavailable, store_must_answer
 from tests.helpers import free_port
 
 

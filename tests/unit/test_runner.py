@@ -5,14 +5,15 @@ import optuna
 import pytest
 from ray.tune.schedulers import ASHAScheduler, HyperBandScheduler
 
-from rdt_core.sweep.runner import default_optuna_storage, make_scheduler, resolve_storage_path
+from rdt_core.metrics import FINISHED
+from rdt_core.sweep.plan import default_optuna_storage, resolve_storage_path
+from rdt_core.sweep.runner import make_scheduler
 from rdt_core.sweep.search import (
     PruningAwareOptunaSearch,
     ResumableConcurrencyLimiter,
     fail_running_trials,
     make_sampler,
 )
-from rdt_core.train import FINAL_REPORT_KEY
 from rdt_core.sweep.spec import validate_spec
 from tests.helpers import load_smoke_spec
 
@@ -99,12 +100,12 @@ def test_a_final_report_sent_again_after_a_resume_is_recorded_once(tmp_path):
     killed.suggest("a")
     killed.suggest("b")
     killed.save(str(saved))
-    killed.on_trial_complete("a", {"acc": 0.5, FINAL_REPORT_KEY: 1.0, "training_iteration": 3})
+    killed.on_trial_complete("a", {"acc": 0.5, FINISHED.name(): 1.0, "training_iteration": 3})
 
     resumed = searcher_over(storage, "sweep")
     resumed.restore(str(saved))  # knows nothing of a's end
     resumed.on_trial_result("a", {"acc": 0.6, "training_iteration": 3})
-    resumed.on_trial_complete("a", {"acc": 0.6, FINAL_REPORT_KEY: 1.0, "training_iteration": 3})
+    resumed.on_trial_complete("a", {"acc": 0.6, FINISHED.name(): 1.0, "training_iteration": 3})
     study = optuna.load_study(study_name="sweep", storage=storage)
     assert [(trial.state, trial.value) for trial in study.trials] == [
         (optuna.trial.TrialState.COMPLETE, 0.5), (optuna.trial.TrialState.RUNNING, None)]
@@ -122,7 +123,7 @@ def test_a_trial_that_failed_for_good_then_completed_after_a_resume_counts_as_co
     for _ in range(2):  # resumed twice, each time the trial's final report comes again
         resumed = searcher_over(storage, "sweep")
         resumed.restore(str(saved))
-        resumed.on_trial_complete("a", {"acc": 0.5, FINAL_REPORT_KEY: 1.0, "training_iteration": 3})
+        resumed.on_trial_complete("a", {"acc": 0.5, FINISHED.name(): 1.0, "training_iteration": 3})
     study = optuna.load_study(study_name="sweep", storage=storage)
     assert [trial.state.name for trial in study.trials] == ["FAIL", "COMPLETE"]
     assert study.trials[1].params == params and study.trials[1].value == 0.5
@@ -134,6 +135,34 @@ def test_the_concurrency_limiter_passes_on_the_completion_of_a_trial_that_had_fa
     limiter = ResumableConcurrencyLimiter(searcher_over(storage, "sweep"), max_concurrent=1)
     limiter.suggest("a")
     limiter.on_trial_complete("a", error=True)  # out of restarts: no longer counted as running
-    limiter.on_trial_complete("a", {"acc": 0.5, FINAL_REPORT_KEY: 1.0, "training_iteration": 3})  # after --resume
+    limiter.on_trial_complete("a", {"acc": 0.5, FINISHED.name(): 1.0, "training_iteration": 3})  # after --resume
     study = optuna.load_study(study_name="sweep", storage=storage)
     assert [trial.state.name for trial in study.trials] == ["FAIL", "COMPLETE"]
+
+
+def test_a_stopped_trial_leaves_sigterm_to_its_default_action():
+    """Ray's SIGTERM handler raises SystemExit wherever the stopping trial's Python is (a traceback in the
+    sweep's output); once the trial has stopped, SIGTERM gets its default action back."""
+    import signal
+
+    from ray import tune
+    from ray.tune.trainable.function_trainable import wrap_function
+
+    from rdt_core.sweep.trainables import StopQuietly, run_single_worker_trial, stopping_quietly
+
+    trainable = wrap_function(tune.with_parameters(stopping_quietly(run_single_worker_trial), base={}))
+    assert StopQuietly in trainable.__mro__
+
+    class Stopped:
+        def cleanup(self) -> None:
+            pass
+
+    class Trial(StopQuietly, Stopped):
+        pass
+
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        Trial().cleanup()
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -151,15 +151,22 @@ def test_cli_exits_2_with_one_line_and_creates_nothing(case, tmp_path):
     assert not (tmp_path / "ray_results").exists()
 
 
-@pytest.mark.parametrize("name", sorted(path.name for path in (REPO_ROOT / "sweeps").glob("*.yaml")))
-def test_every_spec_passes_dry_run_without_starting_anything(name, tmp_path, monkeypatch, capsys):
-    """In process (the command's own ``main``), so that Ray and MLflow are imported once for all specs."""
+@pytest.fixture
+def dry_run_env(tmp_path, monkeypatch) -> dict[str, str]:
+    """The environment of a dry run in process, isolated as a subprocess would be (``isolated_env``)."""
     env = isolated_env(tmp_path)
-    for key in OUTSIDE_SETTINGS:  # isolated as a subprocess would be
+    for key in OUTSIDE_SETTINGS:
         monkeypatch.delenv(key, raising=False)
     for key in ("RAY_TMPDIR", "MLFLOW_TRACKING_URI"):
         monkeypatch.setenv(key, env[key])
     monkeypatch.chdir(tmp_path)
+    return env
+
+
+@pytest.mark.parametrize("name", sorted(path.name for path in (REPO_ROOT / "sweeps").glob("*.yaml")))
+def test_every_spec_passes_dry_run_without_starting_anything(name, dry_run_env, tmp_path, capsys):
+    """In process (the command's own ``main``), so that Ray and MLflow are imported once for all specs."""
+    env = dry_run_env
     assert cli.main([str(REPO_ROOT / "sweeps" / name), "--dry-run"]) == 0
     plan = yaml.safe_load(capsys.readouterr().out)
     assert plan["trials"] >= 1 and plan["objectives"] and plan["tracking_uri"] == env["MLFLOW_TRACKING_URI"]
@@ -261,3 +268,129 @@ def test_a_replicates_run_logs_its_real_seeds_and_its_replicate_index():
     logged = trial_params({"train": {"seed": 5}}, {"train.lr": 0.02, REPLICATE_KEY: 2})
     assert logged[REPLICATE_KEY] == 2 and logged["train.seed"] == 7 and logged["data.seed"] == 2
     assert REPLICATE_KEY not in trial_params({}, {"train.lr": 0.02})
+
+
+# Malformed specs, whatever their bytes or types, through the command's own ``main``: exit 2 and one line
+# naming the file and the key (or, for text that is no YAML, its line and column).
+SMOKE_TEXT = (REPO_ROOT / "sweeps" / "smoke.yaml").read_text()
+
+MALFORMED_FILES = {
+    "not UTF-8 (Latin-1)": (b"name: smoke\ndescription: caf\xe9\n", "line 2, column 17: not UTF-8 text (byte 0xe9)"),
+    "binary garbage": (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe", "line 1, column 1: not UTF-8 text (byte 0x89)"),
+    "a NUL character": (b"name: smo\x00ke\n", "line 1, column 10: invalid YAML"),
+    "empty": (b"", "(top level): the spec is empty"),
+    "only a comment": (b"# a sweep, some day\n", "(top level): the spec is empty"),
+    "nested too deeply": (
+        b"name: " + b"[" * 5000 + b"]" * 5000 + b"\n", "(top level): invalid YAML: nested too deeply"),
+    "yes for a number": (SMOKE_TEXT.replace("num_samples: 4", "num_samples: yes").encode(), "num_samples: "),
+}
+
+
+def smoke_searching(key: str, entry: dict, **changes) -> dict:
+    """The smoke spec with the search-space entry of ``key`` (a dotted config key) set to ``entry``."""
+    raw = smoke_with(**changes)
+    raw["search_space"][key] = entry
+    return raw
+
+
+MALFORMED_VALUES = {
+    "true trials": (smoke_with(num_samples=True), "num_samples"),
+    "a boolean seed": (smoke_with(sampler={"type": "tpe", "seed": True}), "sampler.seed"),
+    "a seed no sampler takes": (smoke_with(sampler={"type": "tpe", "seed": 2**40}), "sampler.seed"),
+    "a boolean float bound": (
+        smoke_searching("train.lr", {"type": "loguniform", "low": False, "high": 0.01}), "search_space.train.lr.low"),
+    "a boolean int bound": (
+        smoke_searching("train.train_loops", {"type": "int", "low": 2, "high": True}),
+        "search_space.train.train_loops.high",
+    ),
+    "boolean CPUs": (smoke_with(resources__cpus_per_worker=True), "resources.cpus_per_worker"),
+    "an infinite reduction factor": (smoke_with(scheduler={"type": "asha", "reduction_factor": float("inf")}),
+                                     "scheduler.reduction_factor"),
+    "an infinite range": (
+        smoke_with(search_space={"train.weight_decay": {"type": "float", "low": 0.0, "high": float("inf")}}),
+        "search_space.train.weight_decay.high",
+    ),
+}
+
+MALFORMED_SETS = {
+    "true trials": (["num_samples=true"], "num_samples"),
+    "a boolean bound": (["search_space.train.lr.low=false"], "search_space.train.lr.low"),
+    "a search space that is a number": (["search_space=5", "search_space.train.lr.high=0.1"], "search_space"),
+    "a value nested too deeply": (["num_samples=" + "[" * 5000], "--set num_samples: the value is not valid YAML"),
+    "an empty part in the key": (["base..steps=1"], "--set base..steps: an empty part in the dotted key"),
+}
+
+
+def main_with_stderr(capsys, argv: list) -> tuple[int, list[str]]:
+    code = cli.main([str(item) for item in argv])
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+def assert_one_error_line(code: int, lines: list[str], path: Path, expected: str) -> None:
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"error: {path}: ") and expected in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED_FILES))
+def test_a_malformed_file_exits_2_with_one_line(case, tmp_path, capsys):
+    content, expected = MALFORMED_FILES[case]
+    path = tmp_path / "spec.yaml"
+    path.write_bytes(content)
+    assert_one_error_line(*main_with_stderr(capsys, [path]), path, expected)
+
+
+def test_a_directory_is_no_spec_file(tmp_path, capsys):
+    path = tmp_path / "spec.yaml"
+    path.mkdir()
+    assert_one_error_line(*main_with_stderr(capsys, [path]), path, "is a directory")
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED_VALUES))
+def test_a_number_no_sweep_can_use_exits_2_naming_its_key(case, tmp_path, capsys):
+    """A boolean (YAML reads true and yes as one, which pydantic would otherwise take for the number 1),
+    an infinite number, a seed no sampler takes."""
+    raw, key = MALFORMED_VALUES[case]
+    path = write_spec(tmp_path / "spec.yaml", raw)
+    assert_one_error_line(*main_with_stderr(capsys, [path]), path, f"{key}: ")
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED_SETS))
+def test_a_malformed_set_exits_2_naming_its_key(case, capsys):
+    items, expected = MALFORMED_SETS[case]
+    path = REPO_ROOT / "sweeps" / "smoke.yaml"
+    argv = [path, *(arg for item in items for arg in ("--set", item))]
+    assert_one_error_line(*main_with_stderr(capsys, argv), path, expected)
+
+
+def test_a_boolean_in_the_base_config_exits_2_naming_its_key(dry_run_env, tmp_path, capsys):
+    """A dry run, so that the spec, while it is still accepted, starts nothing."""
+    path = tmp_path / "spec.yaml"
+    path.write_text(SMOKE_TEXT.replace("steps: 1500", "steps: yes"))
+    assert_one_error_line(*main_with_stderr(capsys, [path, "--dry-run"]), path, "base.train.steps: ")
+
+
+def test_dry_run_warns_of_searched_values_that_the_trials_cannot_all_try(dry_run_env, tmp_path, capsys):
+    raw = smoke_searching("train.lr", {"type": "choice", "values": [0.001, 0.002, 0.003]}, num_samples=2)
+    path = write_spec(tmp_path / "spec.yaml", raw)
+    code = cli.main([str(path), "--dry-run"])
+    captured = capsys.readouterr()
+    assert code == 0 and yaml.safe_load(captured.out)["trials"] == 2
+    never_tried = "3 values but 2 trials (num_samples): at least 1 of them are never tried"
+    assert captured.err.strip().splitlines() == [
+        f"warning: {path}: search_space.train.train_loops: {never_tried}",
+        f"warning: {path}: search_space.train.lr: {never_tried}",
+    ]
+
+
+def test_dry_run_of_a_spec_whose_trials_can_try_every_value_warns_of_nothing(dry_run_env, capsys):
+    assert cli.main([str(REPO_ROOT / "sweeps" / "smoke.yaml"), "--dry-run"]) == 0  # 3 train_loops, 4 trials
+    assert capsys.readouterr().err == ""
+
+
+def test_only_countable_values_beyond_the_trials_are_uncovered():
+    float_range = smoke_with(num_samples=1, search_space={"train.lr": {"type": "float", "low": 0.001, "high": 0.01}})
+    assert validate_spec(float_range, "spec.yaml").uncovered() == []  # a continuum: nothing to count
+    assert validate_spec(smoke_with(num_samples=3), "spec.yaml").uncovered() == []
+    assert [key for key, _ in validate_spec(smoke_with(num_samples=2), "spec.yaml").uncovered()] == [
+        "search_space.train.train_loops"]
+    assert grid_spec(1).uncovered() == []  # a grid tries every value by construction

@@ -45,9 +45,9 @@ def test_reports_every_eval_step_with_accuracy_per_split_hop_and_loop(reports):
 
 
 def test_the_last_report_carries_the_summary_grid_lens_and_patching(reports):
-    assert all("final/acc/id" not in report for report in reports[:-1])
+    assert all("trial/finished" not in report for report in reports[:-1])
     last = reports[-1]
-    assert last["final/acc/id"] == last["acc/id"]
+    assert last["trial/finished"] == 1.0
     assert "halting/id/kl_0.01_h_off/acc" in last and "halting/id/kl_0.01_h_off/acc" not in reports[0]
     assert "lens/ood/hops_3/bridge_2/top1/loop_04" in last
     for prefix in ("patching", "patching_null"):  # at the trained 2 loops; the null beside the model

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -15,7 +16,7 @@ def run_cli(tmp_path, *args):
                           env=isolated_env(tmp_path), capture_output=True, text=True, timeout=300)
 
 
-def test_one_run_logs_config_metrics_table_and_checkpoint(tmp_path):
+def test_one_run_logs_config_headline_metrics_tables_and_checkpoint(tmp_path):
     config = tmp_path / "tiny.yaml"
     config.write_text("train: {steps: 40, eval_every: 20}\nmodel: {max_loops: 5}\n")
     completed = run_cli(tmp_path, str(config), "--set", "train.train_loops=3", "--out", "out/run.jsonl")
@@ -28,9 +29,19 @@ def test_one_run_logs_config_metrics_table_and_checkpoint(tmp_path):
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.status == "FINISHED"
     assert run.data.params["train.train_loops"] == "3" and run.data.params["model.max_loops"] == "5"
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "acc/id/loop_05")] == [20, 40]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "acc/id")] == [20, 40]
+    assert "acc/id/loop_05" not in run.data.metrics and len(run.data.metrics) <= 40  # the rest is in tables
+    curve = client.get_metric_history(run.info.run_id, "acc_by_loop/id")  # one curve, its step the loop
+    assert [m.step for m in curve] == [1, 2, 3, 4, 5]
+    assert curve[-1].value == reports[-1]["acc/id/loop_05"]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"per_loop_accuracy.csv", "checkpoint"} <= artifacts
+    assert {"tables", "checkpoint"} <= artifacts
+    table = client.download_artifacts(run.info.run_id, "tables/accuracy_by_loop.json", str(tmp_path))
+    written = json.loads(Path(table).read_text())
+    rows = [dict(zip(written["columns"], row)) for row in written["data"]]
+    found = [r["accuracy"] for r in rows if (r["split"], r["hops"], r["loop"]) == ("id", 2, 5)]
+    assert found == [reports[-1]["acc/id/hops_2/loop_05"]]
+    assert {"path": "tables/halting.json", "type": "table"} in json.loads(run.data.tags["mlflow.loggedArtifacts"])
 
 
 @pytest.mark.parametrize(

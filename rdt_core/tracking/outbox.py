@@ -5,7 +5,8 @@ parent's best trial and end) goes through one :class:`Outbox`, which sends write
 order they were made. When the store stops answering, the write that failed and every later one wait
 in a JSON-lines file (``mlflow-outbox/<sweep>.jsonl`` in the driver's working directory) and go out,
 still in order, with the first write after the store answers again. What is left when the sweep ends
-is sent by ``python sweeps/run.py SPEC --send-outbox``. No finished trial's result is lost.
+is sent by ``python sweeps/run.py SPEC --send-outbox``. No finished trial's result is lost. MLflow only:
+a checkpoint is read from its local path or ``s3://`` URI with pyarrow, not through Ray.
 
 A write names its run by a key, ``parent`` or ``trial:<Ray trial id>``, not by a run id: a trial that
 starts while the store is down has no run yet. Its run is made (or found, for a restarted trial) when
@@ -24,7 +25,7 @@ from typing import Any, Mapping
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
-from rdt_core.sweep.tracking import SweepTracker, now_ms, store_answers
+from rdt_core.tracking.tracker import SweepTracker, now_ms, store_answers
 
 PARENT = "parent"
 OUTBOX_DIR = "mlflow-outbox"
@@ -74,8 +75,11 @@ class Outbox:
 
     # The writes. Each is queued, then everything queued is sent while the store answers.
 
-    def start_trial_run(self, trial_id: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> None:
-        self.put({"op": "start_trial", "run": trial_key(trial_id), "trial": trial_id,
+    def start_trial_run(
+        self, trial_id: str, params: Mapping[str, Any], tags: Mapping[str, str], name: str | None = None
+    ) -> None:
+        """A trial's child run, named ``name`` (else ``<sweep>-<n>``, n counting the parent's children)."""
+        self.put({"op": "start_trial", "run": trial_key(trial_id), "trial": trial_id, "name": name,
                   "params": {key: str(value) for key, value in params.items()}, "tags": dict(tags)})
 
     def reopen(self, run_key: str) -> None:
@@ -86,6 +90,14 @@ class Outbox:
 
     def log_metrics(self, run_key: str, metrics: Mapping[str, float], step: int) -> None:
         self.put({"op": "metrics", "run": run_key, "metrics": dict(metrics), "step": step, "timestamp": now_ms()})
+
+    def log_curve(self, run_key: str, key: str, values: Mapping[int, float]) -> None:
+        """One metric at many steps (``SweepTracker.log_curve``)."""
+        self.put({"op": "curve", "run": run_key, "key": key, "values": [[step, value] for step, value in values.items()],
+                  "timestamp": now_ms()})
+
+    def log_table(self, run_key: str, rows: list[Mapping[str, Any]], artifact_file: str) -> None:
+        self.put({"op": "table", "run": run_key, "rows": [dict(row) for row in rows], "artifact_file": artifact_file})
 
     def set_tag(self, run_key: str, key: str, value: str) -> None:
         self.put({"op": "tag", "run": run_key, "key": key, "value": value})
@@ -103,6 +115,18 @@ class Outbox:
     def put(self, write: dict[str, Any]) -> None:
         self.pending.append(write)
         self.flush()
+
+    def reload(self) -> None:
+        """Take up what another outbox over the same file left unsent (Ray Tune's copy of the sweep's
+        callback, restored from its saved state, holds its own)."""
+        self.pending = read_outbox(self.path)[1] if self.path.exists() else []
+
+    def run_id(self, run_key: str) -> str | None:
+        """The MLflow run of a run key once its start has been sent, else None."""
+        try:
+            return self._run_id(run_key)
+        except MlflowException:
+            return None
 
     def flush(self) -> bool:
         """Send what is queued, in order, until the store stops answering. True when nothing is left."""
@@ -166,7 +190,7 @@ class Outbox:
                 self.run_ids[write["run"]] = existing
                 self.logged_steps[write["run"]] = tracker.latest_steps(existing)
             else:
-                name = f"{self.sweep_name}-{tracker.count_children():03d}"
+                name = write.get("name") or f"{self.sweep_name}-{tracker.count_children():03d}"
                 self.run_ids[write["run"]] = tracker.start_child(
                     name, params=write["params"], tags={**write["tags"], "ray.trial_id": write["trial"]}
                 )
@@ -181,13 +205,19 @@ class Outbox:
             tracker.log_metrics(run_id, self._not_logged_yet(write), write["step"], timestamp=write["timestamp"])
         elif op == "tag":
             tracker.client.set_tag(run_id, write["key"], write["value"])
+        elif op == "curve":
+            if write["key"] not in self.logged_steps.get(write["run"], {}):  # a curve is logged whole, once
+                tracker.log_curve(run_id, write["key"], dict(write["values"]), timestamp=write["timestamp"])
         elif op == "text":
             tracker.client.log_text(run_id, write["text"], write["artifact_file"])
+        elif op == "table":
+            tracker.log_table(run_id, write["rows"], write["artifact_file"])
         elif op == "checkpoint":
-            from ray.train import Checkpoint  # only a sweep's driver sends these; it has Ray
+            import pyarrow.fs  # reads a local path and s3:// alike
 
-            with Checkpoint(write["uri"]).as_directory() as directory:
-                tracker.client.log_artifacts(run_id, directory, "checkpoint")
+            with tempfile.TemporaryDirectory(prefix="rdt-checkpoint-") as scratch:
+                pyarrow.fs.copy_files(write["uri"], scratch)
+                tracker.client.log_artifacts(run_id, scratch, "checkpoint")
         elif op == "finish":
             tracker.finish(run_id, succeeded=write["succeeded"], end_time=write["end_time"])
         else:

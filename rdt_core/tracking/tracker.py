@@ -1,22 +1,26 @@
-"""MLflow tracking of a sweep: one parent run per sweep, one nested child run per trial.
+"""The MLflow store and the runs in it: one parent run per sweep (or per single run), one nested child
+run per trial; a store that does not answer is told apart from one that refuses.
 
-All writes happen in the sweep's driver process (through the Ray Tune callback in ``callbacks``) or in
-the single-run command: one writer per store, which a SQLite backend needs, and no MLflow credentials on
-the workers. This module needs MLflow only, not Ray.
+All writes happen in the sweep's driver process (through its outbox) or in the single-run command: one
+writer per store, which a SQLite backend needs, and no MLflow credentials on the workers.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import posixpath
+import tempfile
 import time
 import urllib.request
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from mlflow.entities import Metric, Param, Run, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS, MLFLOW_PARENT_RUN_ID
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
@@ -69,21 +73,6 @@ def store_must_answer(tracking_uri: str) -> Iterator[None]:
             f"MLflow tracking server {tracking_uri} does not answer (it stopped before the sweep began: "
             f"{str(error)[:120]})"
         ) from None
-
-
-def metrics_of(result: Mapping[str, Any]) -> dict[str, float]:
-    """The metrics ``train_worker`` reported, without Tune's bookkeeping (``training_iteration``, ...).
-
-    Ours are the numeric keys with a ``/`` in the name, and the learning rate.
-    """
-    return {
-        key: float(value)
-        for key, value in result.items()
-        if ("/" in key or key == "lr")
-        and isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and key != "config"
-    }
 
 
 def now_ms() -> int:
@@ -180,16 +169,29 @@ class SweepTracker:
         for start in range(0, len(items), MAX_METRICS_PER_BATCH):
             self.client.log_batch(run_id, metrics=items[start : start + MAX_METRICS_PER_BATCH])
 
+    def log_curve(self, run_id: str, key: str, values: Mapping[int, float], timestamp: int | None = None) -> None:
+        """One metric at many steps at once: a curve whose step axis is not the optimizer step (the
+        accuracy over inference loops of ``rdt_core.metrics.ACC_BY_LOOP_CURVE``)."""
+        timestamp = timestamp or now_ms()
+        items = [Metric(key, value, timestamp, step) for step, value in sorted(values.items())]
+        for start in range(0, len(items), MAX_METRICS_PER_BATCH):
+            self.client.log_batch(run_id, metrics=items[start : start + MAX_METRICS_PER_BATCH])
+
+    def log_table(self, run_id: str, rows: list[Mapping[str, Any]], artifact_file: str) -> None:
+        """Rows as an MLflow table: JSON in pandas' ``split`` orient, marked in the run's tags as a table,
+        as ``MlflowClient.log_table`` writes it, except that a table sent again (a restarted trial's last
+        report) replaces the one there instead of being appended to it."""
+        import pandas  # MLflow's own dependency; only tables need it
+
+        folder, name = posixpath.split(artifact_file)
+        with tempfile.TemporaryDirectory(prefix="rdt-table-") as scratch:
+            local = Path(scratch) / name
+            pandas.DataFrame(rows).to_json(local, orient="split", index=False)
+            self.client.log_artifact(run_id, str(local), folder or None)
+        logged = json.loads(self.client.get_run(run_id).data.tags.get(MLFLOW_LOGGED_ARTIFACTS, "[]"))
+        if (entry := {"path": artifact_file, "type": "table"}) not in logged:
+            self.client.set_tag(run_id, MLFLOW_LOGGED_ARTIFACTS, json.dumps([*logged, entry]))
+
     def finish(self, run_id: str, succeeded: bool, end_time: int | None = None) -> None:
         status = RunStatus.to_string(RunStatus.FINISHED if succeeded else RunStatus.FAILED)
         self.client.set_terminated(run_id, status=status, end_time=end_time)
-
-
-def per_loop_table(result: Mapping[str, Any]) -> str:
-    """The trial's final accuracy per split, hop count and inference loop, as CSV text."""
-    rows = ["split,hops,loop,accuracy"]
-    for key, value in sorted(result.items()):
-        parts = key.split("/")  # acc/<split>/hops_<k>/loop_<t>
-        if len(parts) == 4 and parts[0] == "acc" and parts[2].startswith("hops_") and parts[3].startswith("loop_"):
-            rows.append(f"{parts[1]},{parts[2][5:]},{int(parts[3][5:])},{value}")
-    return "\n".join(rows) + "\n" if len(rows) > 1 else ""
