@@ -89,7 +89,7 @@ LOSS = Kind("loss/{split}")
 TRAINED_LOOPS = Kind("loops/{split}")  # mean loop count unrolled in training (varies with sampled R)
 CURRICULUM_MAX_HOPS = Kind("curriculum/max_hops")
 ELAPSED_S = Kind("time/elapsed_s")
-RESUMED_FROM_STEP = Kind("resume/from_step", "run", "resumed_from_step")
+RESUMED_FROM_STEP = Kind("resume/from_step", "run", "resumed_from_step")  # above 0: the run was restarted
 TRAIN_S = Kind("time/train_s")
 N_PARAMS = Kind("model/n_params")
 WORLD_SIZE = Kind("dist/world_size", "run", "world_size")  # 2+: a data-parallel trial
@@ -145,7 +145,8 @@ ACC_BY_LOOP_CURVE = Kind("acc_by_loop/{split}")
 
 # What a run's MLflow metrics hold over training (everything else goes to its tables).
 HEADLINE_KINDS = {
-    STEP, LR, LOSS, TRAINED_LOOPS, CURRICULUM_MAX_HOPS, ELAPSED_S, TRAIN_S, N_PARAMS, WORLD_SIZE, FINISHED,
+    STEP, LR, LOSS, TRAINED_LOOPS, CURRICULUM_MAX_HOPS, ELAPSED_S, RESUMED_FROM_STEP, TRAIN_S, N_PARAMS, WORLD_SIZE,
+    FINISHED,
     ACC, ACC_CHOSEN, ACC_ORACLE, PHASE_STEP,
 }
 HEADLINE_HALTING_STATS = ("acc", "mean_loops", "gain")
