@@ -1,7 +1,9 @@
 """``python -m rdt_core.report EXPERIMENT [--tracking-uri URI] [--run-id ID] [--diagrams a,b] [--out-dir DIR]``
 
 Draws the phase diagrams of a sweep and logs them to its parent run. Exit status 2, with one line on
-stderr, for an unknown experiment, run or diagram (argparse's own usage errors exit 2 as well).
+stderr, for an unknown experiment, run or diagram (argparse's own usage errors exit 2 as well); 1 for a
+tracking server that does not answer or refuses the credentials (``MLFLOW_TRACKING_USERNAME`` /
+``MLFLOW_TRACKING_PASSWORD``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 
 from rdt_core.report.diagrams import DIAGRAMS, draw_report
 from rdt_core.report.runs import ReportError
-from rdt_core.tracking import DEFAULT_TRACKING_URI
+from rdt_core.tracking import DEFAULT_TRACKING_URI, TrackingUnavailable, check_reachable
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -33,10 +35,14 @@ def main(argv: list[str] | None = None) -> int:
     tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     diagrams = [name.strip() for name in args.diagrams.split(",") if name.strip()] if args.diagrams else None
     try:
+        check_reachable(tracking_uri)  # a server that is down, or refuses the credentials: one line
         report = draw_report(tracking_uri, args.experiment, args.run_id, diagrams, args.out_dir)
     except ReportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except TrackingUnavailable as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     for note in report.notes:
         print(f"note: {note}")
     for path, artifact in zip(report.files, report.artifacts):

@@ -10,6 +10,7 @@ from rdt_core.tracking.reports import headline, log_evaluation, log_final, table
 from rdt_core.tracking.tracker import (
     DEFAULT_TRACKING_URI,
     SweepTracker,
+    TrackingCredentialsError,
     TrackingUnavailable,
     check_reachable,
     resolve_tracking_uri,
@@ -21,6 +22,7 @@ __all__ = [
     "PARENT",
     "Outbox",
     "SweepTracker",
+    "TrackingCredentialsError",
     "TrackingUnavailable",
     "check_reachable",
     "headline",

@@ -12,6 +12,8 @@ import os
 import posixpath
 import tempfile
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +22,9 @@ from typing import Any, Iterator, Mapping
 from mlflow.entities import Metric, Param, Run, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.credentials import get_default_host_creds
 from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS, MLFLOW_PARENT_RUN_ID
+from mlflow.utils.rest_utils import http_request
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
@@ -32,11 +36,24 @@ def resolve_tracking_uri(spec_uri: str | None) -> str:
 
 
 class TrackingUnavailable(RuntimeError):
-    """The tracking server does not answer; the message names it."""
+    """The tracking server cannot be used: it does not answer, or it refuses the credentials
+    (``TrackingCredentialsError``); the message names it and the cause in one line."""
+
+
+class TrackingCredentialsError(TrackingUnavailable):
+    """The tracking server answers but will not take the credentials from the environment (none, wrong,
+    or not allowed), or they sit in the tracking URI, which the sweep logs and prints. The message names
+    the variable to set and never holds a password or token."""
+
+
+BASIC_AUTH_VARIABLES = "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+CREDENTIALS_PROBE = "/api/2.0/mlflow/experiments/search"  # any user may search (the results are filtered)
 
 
 def store_answers(tracking_uri: str, timeout_s: float = 5.0) -> bool:
-    """Whether the store answers now: an HTTP server's health check; a database is taken to."""
+    """Whether the store answers now and takes the credentials: an HTTP server's health check and one
+    request with the credentials; a database is taken to. (While a server refuses the credentials, an
+    outbox keeps its writes, as for a server that is down.)"""
     try:
         check_reachable(tracking_uri, timeout_s)
     except TrackingUnavailable:
@@ -45,28 +62,102 @@ def store_answers(tracking_uri: str, timeout_s: float = 5.0) -> bool:
 
 
 def check_reachable(tracking_uri: str, timeout_s: float = 10.0) -> None:
-    """Fail at once when an HTTP tracking server is down, before any trial runs and loses its results
-    (the MLflow client would retry each request for minutes)."""
+    """Fail at once when an HTTP tracking server is down or refuses the credentials, before any trial
+    runs and loses its results (the MLflow client would retry each request for minutes, and a refused
+    write would end the sweep with a traceback)."""
     if not tracking_uri.startswith(("http://", "https://")):
         return
+    refuse_credentials_in_uri(tracking_uri)
     try:
         with urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=timeout_s) as response:
-            if response.status == 200:
-                return
-            problem = f"HTTP {response.status}"
+            status = response.status
+    except urllib.error.HTTPError as error:  # before OSError, of which it is one: the server did answer
+        status = error.code
     except OSError as error:
-        problem = str(getattr(error, "reason", error))
-    raise TrackingUnavailable(f"MLflow tracking server {tracking_uri} does not answer ({problem})")
+        raise TrackingUnavailable(
+            f"MLflow tracking server {tracking_uri} does not answer ({getattr(error, 'reason', error)})"
+        ) from None
+    if status in (401, 403):  # a proxy in front of the server may guard /health as well
+        raise credentials_refused(tracking_uri, status)
+    if status != 200:
+        raise TrackingUnavailable(f"MLflow tracking server {tracking_uri} does not answer (HTTP {status})")
+    check_credentials(tracking_uri, timeout_s)
+
+
+def check_credentials(tracking_uri: str, timeout_s: float) -> None:
+    """One request that a server with authentication lets through only with valid credentials, sent
+    with MLflow's own request helper: the credentials are found exactly as the client finds them for
+    every later request (``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD``,
+    ``~/.mlflow/credentials``, ``MLFLOW_TRACKING_TOKEN``, TLS settings)."""
+    try:
+        response = http_request(
+            get_default_host_creds(tracking_uri), CREDENTIALS_PROBE, "GET",
+            max_retries=0, timeout=timeout_s, params={"max_results": 1},
+        )
+    except MlflowException as error:  # the connection failed, or a 5xx answered
+        raise TrackingUnavailable(
+            f"MLflow tracking server {tracking_uri} does not answer ({str(error).splitlines()[0][:200]})"
+        ) from None
+    if response.status_code in (401, 403):
+        raise credentials_refused(tracking_uri, response.status_code)
+    if response.status_code != 200:
+        raise TrackingUnavailable(
+            f"MLflow tracking server {tracking_uri} does not answer (HTTP {response.status_code} on {CREDENTIALS_PROBE})"
+        )
+
+
+def credentials_refused(tracking_uri: str, status: int) -> TrackingCredentialsError:
+    """The error for a 401 (no or wrong credentials) or a 403 (valid, but not allowed), naming what was
+    sent (a user name, a token: never its value) and the variable to set."""
+    sent = get_default_host_creds(tracking_uri)
+    password_source = "MLFLOW_TRACKING_PASSWORD" if os.environ.get("MLFLOW_TRACKING_PASSWORD") else "~/.mlflow/credentials"
+    server = f"MLflow tracking server {tracking_uri}"
+    if status == 403:
+        who = f"user {sent.username!r}" if sent.username else "these credentials"
+        return TrackingCredentialsError(
+            f"{server} forbids {who} to read its experiments (HTTP 403): ask its admin for a permission"
+        )
+    if sent.username and sent.password:
+        problem = f"refuses the password of user {sent.username!r} (HTTP 401): check {password_source}"
+    elif sent.username:
+        problem = "wants a password (HTTP 401): MLFLOW_TRACKING_USERNAME is set, MLFLOW_TRACKING_PASSWORD is not"
+    elif sent.token:
+        problem = f"refuses the token in MLFLOW_TRACKING_TOKEN (HTTP 401): check it, or set {BASIC_AUTH_VARIABLES}"
+    else:
+        problem = f"wants credentials (HTTP 401): set {BASIC_AUTH_VARIABLES} (or MLFLOW_TRACKING_TOKEN)"
+    return TrackingCredentialsError(f"{server} {problem}")
+
+
+def refuse_credentials_in_uri(tracking_uri: str) -> None:
+    """A password in the URI (``http://user:secret@host``) would reach every place the URI goes: the
+    parent run's ``plan.yaml``, the console, the outbox file."""
+    parts = urllib.parse.urlsplit(tracking_uri)
+    if parts.password is None:
+        return
+    host = parts.netloc.rpartition("@")[2]
+    shown = parts._replace(netloc=f"{parts.username}:***@{host}").geturl()
+    raise TrackingCredentialsError(
+        f"MLflow tracking URI {shown} holds a password, which the sweep would log and print: take it out, "
+        f"and set {BASIC_AUTH_VARIABLES} instead"
+    )
 
 
 @contextmanager
 def store_must_answer(tracking_uri: str) -> Iterator[None]:
     """For the writes that come before the outbox takes over (the experiment, the parent run): a server
     that stops answering then stops the sweep like one that was down from the start (``TrackingUnavailable``),
-    not with a traceback."""
+    and one that lets the user read but not write (a read-only user) with one line naming the user
+    (``TrackingCredentialsError``), not with a traceback."""
     try:
         yield
     except MlflowException as error:
+        if error.error_code in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
+            user = get_default_host_creds(tracking_uri).username
+            who = f"user {user!r}" if user else "these credentials"
+            raise TrackingCredentialsError(
+                f"MLflow tracking server {tracking_uri} does not let {who} write the sweep's experiment "
+                f"({error.error_code}): ask its admin for EDIT permission on it"
+            ) from None
         if store_answers(tracking_uri):
             raise
         raise TrackingUnavailable(

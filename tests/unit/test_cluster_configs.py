@@ -7,12 +7,17 @@
 - The AWS config's GPU worker types, its head started from the fixed project path, the fake
   multi-node config's fit to Ray's fake provider, the KubeRay manifests' required fields, and no secret
   anywhere under ``cluster/``.
+- The MLflow credentials reach the head (where the sweep's driver runs) from outside the repository, a
+  file on AWS and a Kubernetes Secret on KubeRay, and no worker: the AWS start commands are run in bash
+  against a stand-in of the mounted folder.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -28,6 +33,7 @@ FAKE = CLUSTER / "fake-multinode.yaml"
 RAYCLUSTER = CLUSTER / "kuberay" / "raycluster.yaml"
 RAYJOB = CLUSTER / "kuberay" / "rayjob.yaml"
 PROJECT_PATH = "/home/ray/rdt"
+MLFLOW_CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 
 
 def load(path: Path) -> dict:
@@ -127,6 +133,41 @@ def test_aws_head_starts_ray_from_the_project_path():
     assert config["file_mounts"][env_dir].startswith("~/"), "the env file must come from outside the checkout"
 
 
+def environment_of_start_command(command: str, env_dir: Path, tmp_path: Path) -> dict[str, str]:
+    """What ``ray start`` would inherit from a start command, run in bash up to it, with the mounted
+    folder and the project path pointed at stand-ins."""
+    script = command.replace("/home/ray/.rdt-cluster", str(env_dir)).replace(PROJECT_PATH, str(tmp_path))
+    script = script[: script.index("ray start")] + "env -0"
+    completed = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env={"PATH": os.environ["PATH"]})
+    assert completed.returncode == 0, completed.stderr
+    return dict(entry.split("=", 1) for entry in completed.stdout.split("\0") if entry)
+
+
+def test_aws_mlflow_credentials_reach_the_head_only(tmp_path):
+    config = load(AWS)
+    head = command_with(config["head_start_ray_commands"], "ray start --head")
+    worker = command_with(config["worker_start_ray_commands"], "ray start --address")
+    (credentials,) = set(re.findall(r"/\S+/mlflow-credentials", head))
+    env_dir = Path(credentials).parent
+    assert config["file_mounts"][str(env_dir)].startswith("~/"), "the credentials must come from outside the checkout"
+
+    stand_in = tmp_path / "rdt-cluster"
+    stand_in.mkdir()
+    (stand_in / "env").write_text("MLFLOW_TRACKING_URI=http://mlflow.internal:5000\n")
+    assert not set(MLFLOW_CREDENTIALS) & set(environment_of_start_command(head, stand_in, tmp_path)), \
+        "without the credentials file (a server without authentication) the head must start all the same"
+    (stand_in / Path(credentials).name).write_text("MLFLOW_TRACKING_USERNAME=alice\nMLFLOW_TRACKING_PASSWORD=stand-in\n")
+    on_head = environment_of_start_command(head, stand_in, tmp_path)
+    assert on_head["MLFLOW_TRACKING_USERNAME"] == "alice" and on_head["MLFLOW_TRACKING_PASSWORD"] == "stand-in"
+    on_worker = environment_of_start_command(worker, stand_in, tmp_path)
+    assert on_worker["MLFLOW_TRACKING_URI"] and not set(MLFLOW_CREDENTIALS) & set(on_worker)
+
+    # Shells opened on the head get them too (for rdt_core.report); no command meant for every node does.
+    assert any(credentials in command for command in config["head_setup_commands"])
+    everywhere = [*config["setup_commands"], *config["worker_setup_commands"], *config["worker_start_ray_commands"]]
+    assert not [command for command in everywhere if "mlflow-credentials" in command]
+
+
 def test_aws_images_match_the_installed_ray():
     docker = load(AWS)["docker"]
     for image in (docker["image"], docker["head_image"]):
@@ -187,6 +228,12 @@ def check_cluster_spec(spec: dict) -> None:
     for name in ("MLFLOW_TRACKING_URI", "RDT_STORAGE_PATH"):  # what a plain `ray job submit` relies on
         (variable,) = [env for env in head_container["env"] if env["name"] == name]
         assert "value" not in variable and set(variable["valueFrom"]) <= {"secretKeyRef", "configMapKeyRef"}
+    # The driver's MLflow user: keys of the Secret that holds the tracking URI, on the head only.
+    (uri,) = [env for env in head_container["env"] if env["name"] == "MLFLOW_TRACKING_URI"]
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        (variable,) = [env for env in head_container["env"] if env["name"] == name]
+        assert set(variable) == {"name", "valueFrom"} and set(variable["valueFrom"]) == {"secretKeyRef"}
+        assert variable["valueFrom"]["secretKeyRef"]["name"] == uri["valueFrom"]["secretKeyRef"]["name"]
 
     groups = spec["workerGroupSpecs"]
     assert groups
@@ -202,6 +249,9 @@ def check_cluster_spec(spec: dict) -> None:
     images = [container["image"] for group in [head, *groups] for key in ("containers", "initContainers")
               for container in group["template"]["spec"].get(key, [])]
     assert all(image.startswith(f"rayproject/ray:{ray.__version__}-") for image in images), images
+    worker_env = [env["name"] for group in groups for key in ("containers", "initContainers")
+                  for container in group["template"]["spec"].get(key, []) for env in container.get("env", [])]
+    assert not set(MLFLOW_CREDENTIALS) & set(worker_env), "trials report to the driver, never to MLflow"
 
 
 def test_raycluster_manifest():
@@ -237,8 +287,8 @@ SECRET_PATTERNS = {
     "long hex token (a Ray token is 64 hex digits)": re.compile(r"\b[0-9a-fA-F]{32,}\b"),
     "credentials in a URL": re.compile(r"\b[a-z][a-z0-9+.-]*://[^/\s:@'\"]+:[^/\s@'\"]+@"),
     "private key": re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
-    "assigned token, secret or password": re.compile(
-        r"(?i)\b(?:token|secret|password|passwd|api_?key)\b['\"]?\s*[:=]\s*['\"]?[A-Za-z0-9+/_\-]{12,}"
+    "assigned token, secret or password": re.compile(  # also as the end of a variable's name
+        r"(?i)(?:\b|_)(?:token|secret|password|passwd|api_?key)\b['\"]?\s*[:=]\s*['\"]?[A-Za-z0-9+/_\-]{12,}"
     ),
 }
 
@@ -257,6 +307,7 @@ def test_secret_patterns_catch_secrets():
         "MLFLOW_TRACKING_URI=https://alice:" + "hunter2" + "@mlflow.example.org",
         "-----BEGIN RSA " + "PRIVATE KEY-----",
         "password: " + "correct-horse-battery",
+        "MLFLOW_TRACKING_PASSWORD=" + "correct-horse-battery",
     ]
     for sample in samples:
         assert secrets_in(sample), sample
