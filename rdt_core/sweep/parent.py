@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,7 +161,9 @@ def open_study(plan: SweepPlan, study_name: str, parent_run_id: str) -> None:
     directions = ["maximize" if mode == "max" else "minimize" for mode in modes]
     study = optuna.create_study(study_name=study_name, storage=plan.optuna_storage, directions=directions,
                                 load_if_exists=True)
-    study.set_metric_names(metrics)
+    with warnings.catch_warnings():  # experimental since Optuna 3.2, and what the dashboard reads
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(metrics)
     study.set_user_attr(PARENT_RUN_ATTR, parent_run_id)
 
 
