@@ -223,10 +223,13 @@ def server_command(args: argparse.Namespace) -> list[str]:
 
 
 def server_environment(auth_config: Path | None) -> dict[str, str]:
-    """The server's environment: without the admin's credentials (the admin exists by now), with the
-    auth config and the secret key that MLflow's basic-auth app signs its forms with (one per start
+    """The server's environment: without the admin's credentials (the admin exists by now), without
+    MLflow's job runner unless ``MLFLOW_SERVER_ENABLE_JOB_EXECUTION`` is set, with the auth config and the secret key that MLflow's basic-auth app signs its forms with (one per start
     unless ``MLFLOW_FLASK_SERVER_SECRET_KEY`` is set, which servers behind one load balancer must share)."""
     env = {key: value for key, value in os.environ.items() if key not in (ADMIN_USERNAME_ENV, ADMIN_PASSWORD_ENV)}
+    # MLflow 3's job runner (GenAI scorers, trace roll-ups: nothing sweeps use) starts about seven huey
+    # worker processes beside the server; left off unless asked for.
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     if auth_config is not None:
         env["MLFLOW_AUTH_CONFIG_PATH"] = str(auth_config)
         env.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", secrets.token_hex(32))

@@ -101,6 +101,10 @@ def read_sweep(workdir: Path, spec: dict) -> FinishedSweep:
     return FinishedSweep(spec, experiment.experiment_id, parent.info.run_id, children, study_name)
 
 
+# MLflow 3's job runner (GenAI scorers: nothing these pages use) would start about seven more processes.
+UI_ENV = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
 @contextmanager
 def web_apps(workdir: Path):
     """The MLflow UI (as the sweep's last line says to open it, on a free port) and optuna-dashboard on
@@ -125,7 +129,7 @@ def web_apps(workdir: Path):
         for name, (command, _, _) in apps.items():
             with open(workdir / f"{name}.log", "w") as log:
                 started.append(subprocess.Popen(command, cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
-                                                start_new_session=True))
+                                                start_new_session=True, env=UI_ENV))
         for process, (name, (_, url, probe)) in zip(started, apps.items()):
             wait_until_answering(process, url + probe, workdir / f"{name}.log")
         yield [url for _, url, _ in apps.values()]
