@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: venv demo test test-fast soak clean
+.PHONY: venv demo test test-fast soak bench bench-quick clean
 
 venv: $(VENV)/.installed
 
@@ -31,6 +31,12 @@ test-fast: venv  ## unit tests only (about a minute)
 
 soak: venv  ## kill a small sweep at 25 random moments, resume it, check every invariant; prints how many held
 	$(BIN)/python -m tests.kill_anywhere --points 25
+
+bench: venv  ## every benchmark as a ratio against a baseline of the same run (~6 minutes): benchmarks/results.json
+	$(BIN)/python -m benchmarks.run
+
+bench-quick: venv  ## the same with fewer repeats and without the local-Ray benchmark (~2.5 minutes)
+	$(BIN)/python -m benchmarks.run --quick
 
 clean:
 	rm -rf $(VENV) mlflow.db mlruns ray_results .pytest_cache

@@ -148,6 +148,13 @@ class TrainConfig(ConfigSection):
         description="steps between resumable checkpoints (a multiple of eval_every); default every evaluation, 0 none",
     )
     seed: int = Field(0, ge=0, description="seed of initialisation and batch sampling")
+    replicas: int = Field(
+        1, ge=1, description="independent models trained together in one vectorised pass, replica i with "
+        "seed + i on the same graph; the trial reports their mean, spread and per-replica values"
+    )
+    compile: bool = Field(
+        False, description="torch.compile the training forward; falls back to eager where it cannot compile"
+    )
 
     @model_validator(mode="after")
     def _checkpoints_at_evaluations(self) -> "TrainConfig":
@@ -155,6 +162,15 @@ class TrainConfig(ConfigSection):
             raise ValueError(
                 f"checkpoint_every ({self.checkpoint_every}) must be a multiple of eval_every ({self.eval_every}): "
                 "a checkpoint travels with an evaluation's report"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _replicas_unroll_alike(self) -> "TrainConfig":
+        if self.replicas > 1 and self.loops_sampling == "poisson":
+            raise ValueError(
+                "replicas > 1 needs loops_sampling: fixed (each replica would draw its own R, and one "
+                "vectorised pass unrolls one depth)"
             )
         return self
 

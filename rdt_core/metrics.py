@@ -31,8 +31,9 @@ FIELD_PATTERNS = {
     "point": r"state|injected",
     "model": r"patching|patching_null",
     "kind": r"trained|novel",
+    "replica": r"\d+",
 }
-NUMBER_FIELDS = {"hops", "loop", "pos", "prefix"}
+NUMBER_FIELDS = {"hops", "loop", "pos", "prefix", "replica"}
 PADDED_FIELDS = {"loop"}  # written with two digits at least
 
 
@@ -136,6 +137,17 @@ PREFIX_LENS_RESOLVED = Kind("lens_prefix/{split}/hops_{hops}/prefix_{prefix}/res
                             "resolved_loop")
 PATCHING = Kind("{model}/{point}/hops_{hops}/loop_{loop}/pos_{pos}", "patching", "recovery")
 PATCHING_GAP = Kind("{model}/{point}/hops_{hops}/gap", "patching_gap", "gap")
+
+# Replicas (rdt_core.train.replicas): a trial training K models at once reports their mean under the usual
+# names, and each replica's headline values (and its seed) in one table row, their spread in another table.
+REPLICA_HEADLINE = (
+    [LOSS.name(split="train")]
+    + [kind.name(split=split) for split in ("train", "id", "ood") for kind in (ACC, ACC_CHOSEN, ACC_ORACLE)]
+    + [kind.name(split=split) for split in ("train", "id", "ood") for kind in (PHASE_STEP, PHASE_REACHED)]
+    + [HALTING.name(split=split, stat=stat) for split in ("id", "ood") for stat in ("acc", "mean_loops")]
+)
+REPLICA = Kind("replica/{replica}/{stat}", "replicas", stats=("seed", *REPLICA_HEADLINE))
+REPLICA_STD = Kind("replica_std/{stat}", "replica_spread", stats=tuple(REPLICA_HEADLINE))
 
 KINDS = [value for value in list(globals().values()) if isinstance(value, Kind)]
 

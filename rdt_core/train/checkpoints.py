@@ -140,10 +140,20 @@ def read_checkpoint_config(source: Path | BinaryIO) -> ExperimentConfig:
     return ExperimentConfig.from_dict(torch.load(source, map_location="cpu", weights_only=True)["config"])
 
 
-def load_checkpoint(path: Path, device: torch.device | None = None) -> tuple[ExperimentConfig, RecurrentDepthTransformer]:
+def load_checkpoint(
+    path: Path, device: torch.device | None = None, replica: int = 0
+) -> tuple[ExperimentConfig, RecurrentDepthTransformer]:
+    """The config and the trained model. A run of ``train.replicas`` > 1 holds every replica's weights
+    stacked (K, ...): ``replica`` picks one, with the config of the single run it reproduces."""
     state = torch.load(path, map_location=device or "cpu", weights_only=True)
     config = ExperimentConfig.from_dict(state["config"])
+    weights = state["model"]
+    if config.train.replicas > 1:
+        weights = {name: tensor[replica] for name, tensor in weights.items()}
+        config = ExperimentConfig.from_dict(
+            state["config"], {"train.seed": config.train.seed + replica, "train.replicas": 1}
+        )
     model = build_model(config, Vocabulary(config.data.n_entities, config.data.n_relations))
-    model.load_state_dict(state["model"])
+    model.load_state_dict(weights)
     return config, model.to(device or "cpu").eval()
 

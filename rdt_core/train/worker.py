@@ -37,6 +37,7 @@ from rdt_core.train.checkpoints import (
     save_checkpoint,
     save_training_state,
 )
+from rdt_core.train.compiling import CompiledOrEager
 from rdt_core.train.devices import pick_device, rank_and_world_size
 
 
@@ -125,11 +126,16 @@ def train_worker(
     final report. With ``resume_from`` (such a subdirectory), training continues after its step exactly
     as if it had never stopped: on CPU, to the same metrics. A run resumed from its final checkpoint (its
     process died after its final report) sends that report again at once. Returns the summary.
+    ``train.replicas`` > 1 trains that many models at once (``rdt_core.train.replicas``).
     """
     started = time.perf_counter()
     rank, world_size = rank_and_world_size()
     if resume_from is not None and (final := read_final_report(Path(resume_from))) is not None:
         return report_again(final, Path(resume_from), reporter, checkpoint_dir if rank == 0 else None)
+    if config.train.replicas > 1:
+        from rdt_core.train.replicas import train_replicas  # imported here: it builds on this module
+
+        return train_replicas(config, reporter, checkpoint_dir, resume_from)
     device = pick_device()
     torch.manual_seed(config.train.seed)  # identical initial weights on every worker
 
@@ -138,6 +144,8 @@ def train_worker(
     eval_sets = device_eval_sets(splits, config, device)
     model = build_model(config, splits.vocab).to(device)
     network = DistributedDataParallel(model) if world_size > 1 else model
+    if config.train.compile:
+        network = CompiledOrEager(network)
     optimizer = torch.optim.AdamW(
         model.parameters(),
         lr=config.train.lr,

@@ -1,0 +1,1 @@
+"""Ratio benchmarks, each against a baseline measured in the same run: ``python -m benchmarks.run``."""
