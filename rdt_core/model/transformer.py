@@ -189,7 +189,11 @@ class RecurrentDepthTransformer(nn.Module):
         for index, layer in enumerate(self.coda):
             state = run_hook(hook, f"coda.{loop}.{index}", layer(state, attn_mask))
         read = state if all_positions else state[:, -1]  # (B, T, D) or (B, D)
-        return self.final_norm(read) @ self.embed.weight[: self.vocab.n_entities].T
+        return self.unembed(self.final_norm(read))
+
+    def unembed(self, read: torch.Tensor) -> torch.Tensor:
+        """Entity logits through the tied embedding: read (..., D) -> (..., n_entities)."""
+        return read @ self.embed.weight[: self.vocab.n_entities].T
 
     def attention_mask(self, tokens: torch.Tensor) -> torch.Tensor:
         """Causal attention to real tokens; a padding position attends to itself so no row is empty."""

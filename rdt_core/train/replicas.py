@@ -44,13 +44,19 @@ from rdt_core import metrics as names
 from rdt_core.config import ConfigError, ExperimentConfig
 from rdt_core.data.queries import build_splits
 from rdt_core.eval import evaluate
-from rdt_core.model.hooks import Hook, run_hook
 from rdt_core.model.transformer import RecurrentDepthTransformer, build_model
 from rdt_core.train.analysis import device_eval_sets, final_analysis
 from rdt_core.train.checkpoints import CHECKPOINT_FILE, TRAINING_STATE_FILE, Reporter, save_atomically, save_checkpoint
 from rdt_core.train.compiling import CompiledOrEager
 from rdt_core.train.devices import pick_device, rank_and_world_size
-from rdt_core.train.worker import Curriculum, Progress, learning_rate_at, phase_metric
+from rdt_core.train.worker import (
+    Curriculum,
+    Progress,
+    end_of_run_metrics,
+    learning_rate_at,
+    record_phases,
+    training_metrics,
+)
 
 
 class StackedLinear(nn.Module):
@@ -124,19 +130,9 @@ class StackedTransformer(RecurrentDepthTransformer):
         if unstacked:  # a layer type added to the model but not here would silently be shared
             raise TypeError(f"parameters with no stacked layer: {unstacked}")
 
-    def readout(
-        self,
-        state: torch.Tensor,
-        attn_mask: torch.Tensor,
-        loop: int = 0,
-        hook: Hook | None = None,
-        all_positions: bool = False,
-    ) -> torch.Tensor:
-        """As ``RecurrentDepthTransformer.readout``, with each replica's tied unembedding:
-        state (K * B, T, D) -> (K * B, n_entities), or (K * B, T, n_entities) with ``all_positions``."""
-        for index, layer in enumerate(self.coda):
-            state = run_hook(hook, f"coda.{loop}.{index}", layer(state, attn_mask))
-        read = self.final_norm(state if all_positions else state[:, -1])  # (K * B, [T,] D)
+    def unembed(self, read: torch.Tensor) -> torch.Tensor:
+        """As ``RecurrentDepthTransformer.unembed``, with each replica's tied embedding:
+        read (K * B, [T,] D), replica-major -> (K * B, [T,] n_entities)."""
         entity_rows = self.embed.weight[:, : self.vocab.n_entities]  # (K, E, D)
         flat = read.reshape(self.n_replicas, -1, read.shape[-1])  # (K, N, D)
         return torch.bmm(flat, entity_rows.transpose(1, 2)).reshape(*read.shape[:-1], -1)
@@ -303,23 +299,11 @@ def train_replicas(
                 model.load_state_dict(stacked.replica_state(replica))
                 with autocast:
                     metrics = evaluate(model, eval_sets[replica], configs[replica], with_grid=last_step)
-                metrics.update(
-                    {
-                        names.STEP.name(): float(step),
-                        names.LR.name(): optimizer.param_groups[0]["lr"],
-                        names.LOSS.name(split="train"): (loss_sum[replica] / step_count).item(),
-                        names.TRAINED_LOOPS.name(split="train"): float(n_loops),
-                        names.CURRICULUM_MAX_HOPS.name(): float(curricula[replica].max_hops),
-                        names.ELAPSED_S.name(): elapsed_s,
-                        names.RESUMED_FROM_STEP.name(): float(resumed_from_step),
-                    }
-                )
-                phase_steps = progress[replica].phase_steps
-                for split in phase_splits:
-                    if split not in phase_steps and metrics[phase_metric(split)] >= config.eval.phase_level:
-                        phase_steps[split] = step
-                    if split in phase_steps:
-                        metrics[names.PHASE_STEP.name(split=split)] = float(phase_steps[split])
+                metrics.update(training_metrics(
+                    step, optimizer.param_groups[0]["lr"], (loss_sum[replica] / step_count).item(), float(n_loops),
+                    curricula[replica].max_hops, elapsed_s, resumed_from_step,
+                ))
+                record_phases(metrics, progress[replica].phase_steps, phase_splits, step, config)
                 curricula[replica].update(metrics)
                 progress[replica].step = step
                 progress[replica].curriculum_max_hops = curricula[replica].max_hops
@@ -343,11 +327,7 @@ def train_replicas(
     for replica, model in enumerate(models):
         with autocast:
             summary = final_analysis(model, splits, eval_sets[replica], configs[replica], device)
-        for split in phase_splits:
-            summary[names.PHASE_REACHED.name(split=split)] = float(split in progress[replica].phase_steps)
-        summary[names.N_PARAMS.name()] = float(sum(p.numel() for p in model.parameters()))
-        summary[names.WORLD_SIZE.name()] = 1.0
-        summary[names.FINISHED.name()] = 1.0
+        summary.update(end_of_run_metrics(model, phase_splits, progress[replica].phase_steps, world_size=1))
         summaries.append(summary)
     for summary in summaries:  # as a single run times it: training and the final analysis
         summary[names.TRAIN_S.name()] = progress[0].elapsed_s + time.perf_counter() - started

@@ -73,6 +73,44 @@ def phase_metric(split: str) -> str:
     return names.ACC.name(split=split) if split == "train" else names.ACC_CHOSEN.name(split=split)
 
 
+def training_metrics(
+    step: int, lr: float, loss: float, loops: float, curriculum_max_hops: int, elapsed_s: float, resumed_from_step: int
+) -> dict[str, float]:
+    """What an evaluation reports of the training itself, besides the evaluation metrics."""
+    return {
+        names.STEP.name(): float(step),
+        names.LR.name(): lr,
+        names.LOSS.name(split="train"): loss,
+        names.TRAINED_LOOPS.name(split="train"): float(loops),
+        names.CURRICULUM_MAX_HOPS.name(): float(curriculum_max_hops),
+        names.ELAPSED_S.name(): elapsed_s,
+        names.RESUMED_FROM_STEP.name(): float(resumed_from_step),
+    }
+
+
+def record_phases(
+    metrics: dict[str, float], phase_steps: dict[str, int], splits: list[str], step: int, config: ExperimentConfig
+) -> None:
+    """Note in ``phase_steps`` each split whose phase metric first reached the level at ``step``, and add
+    the onset step of every split reached so far to ``metrics``."""
+    for split in splits:
+        if split not in phase_steps and metrics[phase_metric(split)] >= config.eval.phase_level:
+            phase_steps[split] = step
+        if split in phase_steps:
+            metrics[names.PHASE_STEP.name(split=split)] = float(phase_steps[split])
+
+
+def end_of_run_metrics(
+    model: torch.nn.Module, splits: list[str], phase_steps: dict[str, int], world_size: int
+) -> dict[str, float]:
+    """What the last report adds besides the analysis: phases reached, size, world size, the finished marker."""
+    metrics = {names.PHASE_REACHED.name(split=split): float(split in phase_steps) for split in splits}
+    metrics[names.N_PARAMS.name()] = float(sum(p.numel() for p in model.parameters()))
+    metrics[names.WORLD_SIZE.name()] = float(world_size)
+    metrics[names.FINISHED.name()] = 1.0
+    return metrics
+
+
 class Curriculum:
     """Which hop counts are trained now: all of them, or (with ``train.curriculum``) atomic facts and
     2 hops first, adding hop k + 1 once the training accuracy at hop k reaches ``curriculum_level`` at
@@ -199,22 +237,11 @@ def train_worker(
                 metrics = evaluate(model, eval_sets, config, with_grid=last_step)
             progress.step = step
             elapsed_s = progress.elapsed_s + time.perf_counter() - started
-            metrics.update(
-                {
-                    names.STEP.name(): float(step),
-                    names.LR.name(): optimizer.param_groups[0]["lr"],
-                    names.LOSS.name(split="train"): (loss_sum / step_count).item(),
-                    names.TRAINED_LOOPS.name(split="train"): loops_sum / step_count,
-                    names.CURRICULUM_MAX_HOPS.name(): float(curriculum.max_hops),
-                    names.ELAPSED_S.name(): elapsed_s,
-                    names.RESUMED_FROM_STEP.name(): float(resumed_from_step),
-                }
-            )
-            for split in phase_splits:
-                if split not in progress.phase_steps and metrics[phase_metric(split)] >= config.eval.phase_level:
-                    progress.phase_steps[split] = step
-                if split in progress.phase_steps:
-                    metrics[names.PHASE_STEP.name(split=split)] = float(progress.phase_steps[split])
+            metrics.update(training_metrics(
+                step, optimizer.param_groups[0]["lr"], (loss_sum / step_count).item(), loops_sum / step_count,
+                curriculum.max_hops, elapsed_s, resumed_from_step,
+            ))
+            record_phases(metrics, progress.phase_steps, phase_splits, step, config)
             curriculum.update(metrics)
             progress.curriculum_max_hops = curriculum.max_hops
             loss_sum.zero_()
@@ -234,12 +261,8 @@ def train_worker(
 
     with autocast:
         summary = final_analysis(model, splits, eval_sets, config, device)
-    for split in phase_splits:
-        summary[names.PHASE_REACHED.name(split=split)] = float(split in progress.phase_steps)
+    summary.update(end_of_run_metrics(model, phase_splits, progress.phase_steps, world_size))
     summary[names.TRAIN_S.name()] = progress.elapsed_s + time.perf_counter() - started
-    summary[names.N_PARAMS.name()] = float(sum(p.numel() for p in model.parameters()))
-    summary[names.WORLD_SIZE.name()] = float(world_size)
-    summary[names.FINISHED.name()] = 1.0
     final_report = {**metrics, **summary}
     final_checkpoint = None
     if checkpoint_dir is not None and rank == 0:
