@@ -9,6 +9,7 @@ print one line naming the file and the key.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any, Literal, Mapping, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -21,6 +22,34 @@ class ConfigError(ValueError):
         super().__init__(f"{key}: {message}")
         self.key = key
         self.message = message
+
+
+def read_utf8_file(path: Path, what: str = "file") -> str:
+    """A YAML file's text, read as UTF-8: a missing file, a directory or a byte that is not UTF-8 (named by
+    its line and column) is a ``ConfigError`` keyed ``(file)`` or ``line L, column C``, where a plain
+    read would end in a traceback. ``what`` names the file in the message (``spec file``)."""
+    if path.is_dir():
+        raise ConfigError("(file)", f"is a directory, not a {what}")
+    if not path.is_file():
+        raise ConfigError("(file)", f"no such {what}")
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise ConfigError("(file)", f"cannot be read: {error.strerror or error}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        before = data[: error.start].decode("utf-8")  # valid up to the first bad byte
+        raise ConfigError(
+            line_and_column(before, len(before)), f"not UTF-8 text (byte 0x{data[error.start]:02x}); save it as UTF-8"
+        ) from None
+
+
+def line_and_column(text: str, position: int) -> str:
+    """``line L, column C`` of the character at ``position`` in ``text``, both counted from 1."""
+    line_start = text.rfind("\n", 0, position) + 1
+    line = text.count("\n", 0, position) + 1
+    return f"line {line}, column {position - line_start + 1}"
 
 
 class StrictModel(BaseModel):

@@ -21,6 +21,8 @@ from rdt_core.config import (
     StrictModel,
     config_error_from,
     flatten,
+    line_and_column,
+    read_utf8_file,
     set_dotted,
 )
 from rdt_core.metrics import ACC
@@ -311,30 +313,11 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> SweepSpec
 
 
 def read_spec_text(path: Path) -> str:
-    """The spec's text, read as UTF-8: a byte that is not UTF-8 is named by its line and column, where
-    a plain decode would end in a traceback."""
-    if path.is_dir():
-        raise SpecError(f"{path}: is a directory, not a spec file")
-    if not path.is_file():
-        raise SpecError(f"{path}: no such spec file")
+    """The spec's text, read as UTF-8 (``rdt_core.config.read_utf8_file``), its problem a ``SpecError``."""
     try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise SpecError(f"{path}: cannot be read: {error.strerror or error}") from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        before = data[: error.start].decode("utf-8")  # valid up to the first bad byte
-        where = line_and_column(before, len(before))
-        problem = f"not UTF-8 text (byte 0x{data[error.start]:02x}); save the spec as UTF-8"
-        raise SpecError(f"{path}: {where}: {problem}") from None
-
-
-def line_and_column(text: str, position: int) -> str:
-    """``line L, column C`` of the character at ``position`` in ``text``, both counted from 1."""
-    line_start = text.rfind("\n", 0, position) + 1
-    line = text.count("\n", 0, position) + 1
-    return f"line {line}, column {position - line_start + 1}"
+        return read_utf8_file(path, "spec file")
+    except ConfigError as error:  # the file as a whole is named by its path alone, as before
+        raise SpecError(f"{path}: {error.message if error.key == '(file)' else error}") from None
 
 
 def apply_override(raw: dict[str, Any], item: str, path: Path) -> None:

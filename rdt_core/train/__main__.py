@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 from tqdm import tqdm
 
-from rdt_core.config import ConfigError, ExperimentConfig
+from rdt_core.config import ConfigError, ExperimentConfig, read_utf8_file
 from rdt_core.metrics import ACC, LOSS
 from rdt_core.tracking.reports import log_evaluation, log_final
 from rdt_core.train import CHECKPOINT_FILE, train_worker
@@ -29,10 +29,9 @@ SHOWN = [LOSS.name(split="train"), *(ACC.name(split=split) for split in ("train"
 
 
 def parse_config(path: Path, overrides: list[str]) -> ExperimentConfig:
-    if not path.is_file():
-        raise ConfigError("(file)", "no such config file")
+    text = read_utf8_file(path, "config file")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as error:
         raise ConfigError("(file)", f"invalid YAML: {str(error).splitlines()[0]}") from None
     values = {}

@@ -47,11 +47,11 @@ def test_one_run_logs_config_headline_metrics_tables_and_checkpoint(tmp_path):
 @pytest.mark.parametrize(
     "content, args, key",
     [("train: {stepz: 3}\n", [], "train.stepz"), ("{}\n", ["--set", "model.d_model=wide"], "model.d_model"),
-     ("train: [1\n", [], "invalid YAML")],
+     ("train: [1\n", [], "invalid YAML"), (b"train: {steps: 3}\n\xff\n", [], "line 2, column 1: not UTF-8")],
 )
 def test_invalid_config_exits_2_naming_the_key_and_logs_nothing(tmp_path, content, args, key):
     config = tmp_path / "bad.yaml"
-    config.write_text(content)
+    config.write_bytes(content) if isinstance(content, bytes) else config.write_text(content)
     completed = run_cli(tmp_path, str(config), *args)
     assert completed.returncode == 2
     lines = completed.stderr.strip().splitlines()
