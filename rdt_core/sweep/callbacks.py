@@ -45,6 +45,17 @@ class MlflowTrialCallback(tune.Callback):
         self.study_name = study_name
         self.optuna_storage = optuna_storage
         self.started: set[str] = set()  # trials whose run this driver has started
+        self._storage: optuna.storages.BaseStorage | None = None  # one connection, made on first use
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Ray Tune pickles its callbacks with the experiment state; a database connection does not pickle."""
+        return {**self.__dict__, "_storage": None}
+
+    @property
+    def storage(self) -> optuna.storages.BaseStorage:
+        if getattr(self, "_storage", None) is None:  # also a callback pickled before it had one
+            self._storage = optuna.storages.RDBStorage(self.optuna_storage)
+        return self._storage
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         key = trial_key(trial.trial_id)
@@ -60,11 +71,11 @@ class MlflowTrialCallback(tune.Callback):
         name = f"{self.outbox.sweep_name}-{optuna_trial.number:03d}"
         self.outbox.start_trial_run(trial.trial_id, params, {TRIAL_NUMBER_TAG: str(optuna_trial.number)}, name)
         if (run_id := self.outbox.run_id(key)) is not None and not optuna_trial.state.is_finished():
-            optuna.storages.RDBStorage(self.optuna_storage).set_trial_user_attr(optuna_trial._trial_id, RUN_ID_ATTR, run_id)
+            self.storage.set_trial_user_attr(optuna_trial._trial_id, RUN_ID_ATTR, run_id)
 
     def optuna_trial(self, tune_trial_id: str) -> optuna.trial.FrozenTrial | None:
         """The study's trial that the searcher gave to this Tune trial, if any."""
-        study = optuna.load_study(study_name=self.study_name, storage=self.optuna_storage)
+        study = optuna.load_study(study_name=self.study_name, storage=self.storage)
         return next((t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(TUNE_TRIAL_ATTR) == tune_trial_id), None)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:

@@ -56,7 +56,8 @@ class Outbox:
         self.tracker = tracker
         self.sweep_name = sweep_name
         self.path = path
-        self.pending: list[dict[str, Any]] = read_outbox(path)[1] if path.exists() else []
+        self.pending: list[dict[str, Any]] = []
+        self.reload()
         self.run_ids: dict[str, str] = {}  # run key -> MLflow run id, once known
         # For a run that was made before (a restarted or resumed trial): each metric's last logged step.
         # A restarted trial reports again what came after its checkpoint; what is logged already is not
@@ -71,7 +72,7 @@ class Outbox:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self.pending = read_outbox(self.path)[1] if self.path.exists() else []
+        self.reload()
 
     # The writes. Each is queued, then everything queued is sent while the store answers.
 
@@ -117,8 +118,9 @@ class Outbox:
         self.flush()
 
     def reload(self) -> None:
-        """Take up what another outbox over the same file left unsent (Ray Tune's copy of the sweep's
-        callback, restored from its saved state, holds its own)."""
+        """Take up what the file holds unsent: at the start, after unpickling, and what another outbox
+        over the same file left (Ray Tune's copy of the sweep's callback, restored from its saved state,
+        holds its own)."""
         self.pending = read_outbox(self.path)[1] if self.path.exists() else []
 
     def run_id(self, run_key: str) -> str | None:
