@@ -27,7 +27,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from rdt_core.metrics import ACC, Kind, from_tables, names_of
-from rdt_core.tracking.reports import TABLES_DIR
+from rdt_core.tracking.reports import TABLES_DIR, table_rows
 
 DEFAULT_METRIC, DEFAULT_MODE = ACC.name(split="id"), "max"  # the best trial's criterion when the parent has none
 # The param of a replicated sweep's replicate index: ``rdt_core.sweep.spec.REPLICATE_KEY`` (the report does
@@ -235,8 +235,7 @@ def run_tables(client: MlflowClient, run: Run) -> dict[str, float]:
             return {}
         tables = {}
         for path in sorted(folder.glob("*.json")):
-            written = json.loads(path.read_text())  # pandas' "split" orient, as MLflow's log_table writes it
-            tables[path.stem] = [dict(zip(written["columns"], row)) for row in written["data"]]
+            tables[path.stem] = table_rows(json.loads(path.read_text()))
     return from_tables(tables)
 
 

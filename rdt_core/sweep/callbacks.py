@@ -20,6 +20,11 @@ RUN_ID_ATTR = "mlflow.run_id"
 
 
 
+def child_run_name(sweep_name: str, trial_number: int) -> str:
+    """A trial's child run, named after its Optuna trial's number (the number optuna-dashboard shows)."""
+    return f"{sweep_name}-{trial_number:03d}"
+
+
 def checkpoint_uri(checkpoint: Checkpoint) -> str:
     """Where a checkpoint lives, as a path or a URI (``s3://...``) that pyarrow reads back."""
     if is_local(checkpoint.filesystem):
@@ -68,7 +73,7 @@ class MlflowTrialCallback(tune.Callback):
         if optuna_trial is None:  # not the sweep's searcher's trial: numbered by the store
             self.outbox.start_trial_run(trial.trial_id, params=params, tags={})
             return
-        name = f"{self.outbox.sweep_name}-{optuna_trial.number:03d}"
+        name = child_run_name(self.outbox.sweep_name, optuna_trial.number)
         self.outbox.start_trial_run(trial.trial_id, params, {TRIAL_NUMBER_TAG: str(optuna_trial.number)}, name)
         if (run_id := self.outbox.run_id(key)) is not None and not optuna_trial.state.is_finished():
             self.storage.set_trial_user_attr(optuna_trial._trial_id, RUN_ID_ATTR, run_id)

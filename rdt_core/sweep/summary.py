@@ -18,7 +18,7 @@ from ray.tune import ResultGrid
 
 from rdt_core.metrics import ours
 from rdt_core.report import draw_report
-from rdt_core.sweep.callbacks import RUN_ID_ATTR
+from rdt_core.sweep.callbacks import RUN_ID_ATTR, child_run_name
 from rdt_core.sweep.parent import SweepTracking
 from rdt_core.sweep.plan import SweepPlan
 from rdt_core.sweep.search import TUNE_TRIAL_ATTR, fail_running_trials, pareto_front
@@ -104,7 +104,7 @@ def leaderboard(spec: SweepSpec, study: optuna.Study, results: ResultGrid, outbo
         optuna_trial = by_tune_trial.get(trial_id)
         number = optuna_trial.number if optuna_trial else None
         rows.append({
-            "run": f"{spec.name}-{number:03d}" if number is not None else None,
+            "run": child_run_name(spec.name, number) if number is not None else None,
             **{metric: reported.get(metric) for metric in metrics},
             **{key.replace(".", "/"): result.config.get(key) for key in searched},
             "state": optuna_trial.state.name if optuna_trial else ("FAIL" if result.error else "UNKNOWN"),

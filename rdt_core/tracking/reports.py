@@ -25,6 +25,11 @@ def table_file(name: str) -> str:
     return f"{TABLES_DIR}/{name}.json"
 
 
+def table_rows(written: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The rows of a table as ``SweepTracker.log_table`` writes it (pandas' ``split`` orient JSON)."""
+    return [dict(zip(written["columns"], row)) for row in written["data"]]
+
+
 def headline(report: Mapping[str, Any], also: Iterable[str] = ()) -> dict[str, float]:
     """The report's headline metrics (the step aside: it is the step), and those named in ``also``."""
     kept = set(also)
