@@ -39,6 +39,7 @@ from rdt_core.data import build_splits
 from rdt_core.model.transformer import build_model
 from rdt_core.train import train_worker
 from rdt_core.train.compiling import CompiledOrEager
+from rdt_core.train.worker import make_optimizer
 
 H200_BF16_DENSE_TFLOPS = 989.0
 DATA = {"n_entities": 256, "n_relations": 8, "train_max_hops": 4, "test_max_hops": 4, "n_test_queries": 64}
@@ -84,8 +85,7 @@ class WorkerStep:
         self.train_set = splits.train.to(device)
         self.model = build_model(config, splits.vocab).to(device)
         self.forward = CompiledOrEager(self.model) if config.train.compile else self.model
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.train.lr, betas=(0.9, 0.98),
-                                           weight_decay=config.train.weight_decay, fused=device.type == "cuda")
+        self.optimizer = make_optimizer(self.model.parameters(), config, device)
         self.generator = torch.Generator(device).manual_seed(config.train.seed)
         self.sequence_length = splits.train.tokens.shape[1]
 

@@ -20,6 +20,7 @@ from rdt_core.data import build_splits
 from rdt_core.model.transformer import build_model
 from rdt_core.train import train_worker
 from rdt_core.train.compiling import CompiledOrEager
+from rdt_core.train.worker import make_optimizer
 
 # The default experiment with a light final analysis: the analysis is the same in both runs of a
 # difference, and a lighter one leaves less noise to subtract.
@@ -55,8 +56,7 @@ class BareStep:
         splits = build_splits(config.data)
         self.model = build_model(config, splits.vocab)
         self.forward = self.model
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.train.lr, betas=(0.9, 0.98),
-                                           weight_decay=config.train.weight_decay)
+        self.optimizer = make_optimizer(self.model.parameters(), config, torch.device("cpu"))
         pick = torch.randint(len(splits.train), (config.train.batch_size,))
         self.batch = splits.train.subset(pick)
         self.n_loops = config.train.train_loops

@@ -54,6 +54,7 @@ from rdt_core.train.worker import (
     Progress,
     end_of_run_metrics,
     learning_rate_at,
+    make_optimizer,
     record_phases,
     training_metrics,
 )
@@ -244,13 +245,7 @@ def train_replicas(
     stacked = StackedTransformer(models).to(device)
     network = CompiledOrEager(stacked) if config.train.compile else stacked
     parameters = list(stacked.parameters())
-    optimizer = torch.optim.AdamW(
-        parameters,
-        lr=config.train.lr,
-        betas=(0.9, 0.98),
-        weight_decay=config.train.weight_decay,
-        fused=device.type == "cuda",
-    )
+    optimizer = make_optimizer(parameters, config, device)  # elementwise: K optimizers in one
     batch_generators = [torch.Generator(device).manual_seed(seed * 1_000_003) for seed in seeds]
     batch_size = config.train.batch_size
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")

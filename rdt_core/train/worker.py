@@ -18,6 +18,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -71,6 +72,16 @@ def phase_metric(split: str) -> str:
     """What a grokking phase is timed on: training accuracy at the trained loop count, and a test split's
     accuracy on its trained hop counts at the loop budget chosen on its validation split."""
     return names.ACC.name(split=split) if split == "train" else names.ACC_CHOSEN.name(split=split)
+
+
+def make_optimizer(
+    parameters: Iterable[torch.nn.Parameter], config: ExperimentConfig, device: torch.device
+) -> torch.optim.AdamW:
+    """AdamW as every run trains with it (fused kernels on CUDA)."""
+    return torch.optim.AdamW(
+        parameters, lr=config.train.lr, betas=(0.9, 0.98), weight_decay=config.train.weight_decay,
+        fused=device.type == "cuda",
+    )
 
 
 def training_metrics(
@@ -184,13 +195,7 @@ def train_worker(
     network = DistributedDataParallel(model) if world_size > 1 else model
     if config.train.compile:
         network = CompiledOrEager(network)
-    optimizer = torch.optim.AdamW(
-        model.parameters(),
-        lr=config.train.lr,
-        betas=(0.9, 0.98),
-        weight_decay=config.train.weight_decay,
-        fused=device.type == "cuda",
-    )
+    optimizer = make_optimizer(model.parameters(), config, device)
     # Each worker draws its own share of the global batch from its own stream.
     batch_generator = torch.Generator(device).manual_seed(config.train.seed * 1_000_003 + rank)
     worker_batch = max(1, config.train.batch_size // world_size)
