@@ -197,9 +197,9 @@ def test_bad_set_names_the_key(item, key):
     assert key in str(caught.value)
 
 
-def test_grid_sampler_trial_count_is_the_grid_size():
-    spec = load_spec(REPO_ROOT / "sweeps" / "grokking.yaml")
-    assert spec.trial_count() == 9
+def test_grid_sampler_trial_count_is_the_grid_size_times_the_seeds():
+    spec = load_spec(REPO_ROOT / "sweeps" / "depth.yaml")  # 2 architectures x 2 curricula x 2 seeds
+    assert spec.trial_count() == 8
 
 
 def test_a_trial_that_cannot_fit_an_embedded_ray_exits_2_instead_of_waiting_forever(tmp_path):
