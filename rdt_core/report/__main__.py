@@ -1,9 +1,11 @@
-"""``python -m rdt_core.report EXPERIMENT [--tracking-uri URI] [--run-id ID] [--diagrams a,b] [--out-dir DIR]``
+"""``python -m rdt_core.report EXPERIMENT [--tracking-uri URI] [--run-id ID] [--diagrams a,b] [--out-dir DIR]
+[--export FILE | --from-export FILE]``
 
-Draws the phase diagrams of a sweep and logs them to its parent run. Exit status 2, with one line on
-stderr, for an unknown experiment, run or diagram (argparse's own usage errors exit 2 as well); 1 for a
-tracking server that does not answer or refuses the credentials (``MLFLOW_TRACKING_USERNAME`` /
-``MLFLOW_TRACKING_PASSWORD``).
+Draws the phase diagrams of a sweep and logs them to its parent run; ``--export`` also writes the sweep to
+one file (``rdt_core.report.export``), ``--from-export`` draws from such a file instead of MLflow and logs
+nothing. Exit status 2, with one line on stderr, for an unknown experiment, run or diagram, or a file that
+is not an export of that experiment (argparse's own usage errors exit 2 as well); 1 for a tracking server
+that does not answer or refuses the credentials (``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from rdt_core.report.diagrams import DIAGRAMS, draw_report
+from rdt_core.report.diagrams import DIAGRAMS, draw_export, draw_report
 from rdt_core.report.runs import ReportError
 from rdt_core.tracking import DEFAULT_TRACKING_URI, TrackingUnavailable, check_reachable
 
@@ -27,7 +29,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--diagrams", help=f"comma-separated, among {','.join(DIAGRAMS)}; default: all that the data supports"
     )
     parser.add_argument("--out-dir", type=Path, help="where the files go besides MLflow; default: a new temp directory")
-    return parser.parse_args(argv)
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--export", type=Path, metavar="FILE", help="also write the sweep to FILE (gzipped JSON)")
+    source.add_argument(
+        "--from-export", type=Path, metavar="FILE", help="draw from FILE, written by --export, instead of MLflow"
+    )
+    args = parser.parse_args(argv)
+    if args.from_export is not None and (args.run_id or args.tracking_uri):
+        parser.error("--from-export reads one sweep from its file: --run-id and --tracking-uri read MLflow")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,8 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     diagrams = [name.strip() for name in args.diagrams.split(",") if name.strip()] if args.diagrams else None
     try:
-        check_reachable(tracking_uri)  # a server that is down, or refuses the credentials: one line
-        report = draw_report(tracking_uri, args.experiment, args.run_id, diagrams, args.out_dir)
+        if args.from_export is not None:
+            report = draw_export(args.from_export, args.experiment, diagrams, args.out_dir)
+        else:
+            check_reachable(tracking_uri)  # a server that is down, or refuses the credentials: one line
+            report = draw_report(tracking_uri, args.experiment, args.run_id, diagrams, args.out_dir, args.export)
     except ReportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -45,8 +58,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for note in report.notes:
         print(f"note: {note}")
-    for path, artifact in zip(report.files, report.artifacts):
-        print(f"{artifact}  ({path})")
+    if args.from_export is not None:
+        print("\n".join(str(path) for path in report.files))
+    else:
+        for path, artifact in zip(report.files, report.artifacts):
+            print(f"{artifact}  ({path})")
+    if args.export is not None:
+        print(f"exported to {args.export}")
     return 0
 
 

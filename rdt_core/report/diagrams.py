@@ -27,6 +27,7 @@ from typing import Callable, Hashable, Iterable, Mapping, Sequence
 import numpy as np
 
 from rdt_core.metrics import ACC, ACC_HOPS_LOOP, ACC_LOOP, HALTING, HALTING_RULE, PHASE_STEP, names_of, rule_thresholds
+from rdt_core.report.export import export_sweep, load_export
 from rdt_core.report.panels import Figure, Heatmap, Line, Marks, Scatter, Series
 from rdt_core.report.render import write_html, write_plotly_js, write_png
 from rdt_core.report.runs import (
@@ -348,14 +349,37 @@ def draw_report(
     parent_run_id: str | None = None,
     diagrams: list[str] | None = None,
     out_dir: Path | None = None,
+    export_to: Path | None = None,
 ) -> Report:
     """Draw the chosen diagrams (default: every one the data supports) of the given parent run, else the
     most recent one of ``experiment``, as PNG and HTML files in ``out_dir`` (default: a new temporary
-    directory, kept), and log them to the parent run under ``diagrams/``."""
+    directory, kept), and log them to the parent run under ``diagrams/``; with ``export_to``, write the
+    sweep there too (``rdt_core.report.export``)."""
+    names = checked_names(diagrams)
+    sweep = load_sweep(open_store(tracking_uri), experiment, parent_run_id)
+    if export_to is not None:
+        export_sweep(sweep, export_to)
+    report = draw_sweep(sweep, names, out_dir)
+    for path in report.files:
+        sweep.client.log_artifact(sweep.parent_run_id, str(path), ARTIFACT_DIR)
+    return report
+
+
+def draw_export(path: Path, experiment: str, diagrams: list[str] | None = None, out_dir: Path | None = None) -> Report:
+    """As ``draw_report``, from an export of the sweep instead of its MLflow store; logs nothing."""
+    names = checked_names(diagrams)
+    return draw_sweep(load_export(path, experiment), names, out_dir)
+
+
+def checked_names(diagrams: list[str] | None) -> list[str]:
     names = list(DIAGRAMS) if diagrams is None else diagrams
     if unknown := [name for name in names if name not in DIAGRAMS]:
         raise ReportError(f"unknown diagram {unknown[0]!r} (known: {', '.join(DIAGRAMS)})")
-    sweep = load_sweep(open_store(tracking_uri), experiment, parent_run_id)
+    return names
+
+
+def draw_sweep(sweep: Sweep, names: list[str], out_dir: Path | None) -> Report:
+    """The diagrams ``names`` of ``sweep`` (and a replicated sweep's summary) as files in ``out_dir``."""
     out = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="rdt-report-"))
     out.mkdir(parents=True, exist_ok=True)
     files, notes = [], []
@@ -374,6 +398,4 @@ def draw_report(
         files.append(write_plotly_js(out))
     if sweep.replicated:  # per-setting means, stds and n of the sweep's metric and the phase onsets
         files += write_summary(sweep, out)
-    for path in files:
-        sweep.client.log_artifact(sweep.parent_run_id, str(path), ARTIFACT_DIR)
     return Report(sweep.parent_run_id, files, notes)

@@ -42,12 +42,14 @@ class ReportError(ValueError):
 
 @dataclass(frozen=True)
 class Trial:
-    """One child run: its config (flattened, as strings) and the final value of every metric."""
+    """One child run: its config (flattened, as strings), the final value of every metric, and which of
+    them MLflow holds as metrics, with a history (the others come from the run's tables)."""
 
     run_id: str
     name: str
     params: dict[str, str]
     metrics: dict[str, float]
+    logged: frozenset[str] = frozenset()
 
     def number(self, key: str) -> float | None:
         """A numeric param, or None when absent or not a number (``None`` for a threshold that is off)."""
@@ -133,18 +135,22 @@ def group_replicates(trials: list[Trial]) -> list[Setting]:
 
 @dataclass
 class Sweep:
-    """The parent run, its trials, and the criterion that picks the best trial."""
+    """The parent run, its trials, and the criterion that picks the best trial. Read from an MLflow store
+    (``client``), or from an export (``rdt_core.report.export``: no client, the histories it kept)."""
 
-    client: MlflowClient
+    client: MlflowClient | None
     experiment: str
     parent_run_id: str
     trials: list[Trial]
     metric: str
     mode: str
+    stored_histories: dict[str, dict[str, dict[int, float]]] | None = None  # run id -> metric -> step -> value
 
     def history(self, trial: Trial, key: str) -> dict[int, float]:
         """Value by step of one metric of one trial; of two values at one step (a restarted trial) the
         later one."""
+        if self.stored_histories is not None:
+            return dict(self.stored_histories[trial.run_id].get(key, {}))
         entries = sorted(self.client.get_metric_history(trial.run_id, key), key=lambda m: (m.step, m.timestamp))
         return {entry.step: entry.value for entry in entries}
 
@@ -191,7 +197,7 @@ def load_sweep(client: MlflowClient, experiment: str, parent_run_id: str | None 
     children = runs_of(client, found.experiment_id, f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent.info.run_id}'")
     trials = [
         Trial(run.info.run_id, run.info.run_name or run.info.run_id, dict(run.data.params),
-              {**run_tables(client, run), **run.data.metrics})
+              {**run_tables(client, run), **run.data.metrics}, frozenset(run.data.metrics))
         for run in children
     ]
     if not trials:

@@ -17,7 +17,8 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from rdt_core.report import DIAGRAMS, ReportError, draw_report, pareto_front
 from rdt_core.report.__main__ import main
-from rdt_core.report.diagrams import depth, grokking, halting, overthinking
+from rdt_core.report.diagrams import depth, draw_export, grokking, halting, overthinking
+from rdt_core.report.export import export_sweep, load_export
 from rdt_core.report.render import PLOTLY_JS
 from rdt_core.report.runs import REPLICATE_PARAM, Spread, Sweep, Trial, group_replicates, load_sweep
 
@@ -346,3 +347,33 @@ def test_a_sweep_of_one_seed_draws_as_before(store):
     assert all(getattr(panel, "spread_text", None) is None for panel in panels)
     assert all(mark.text is None for panel in panels for mark in getattr(panel, "marks", []))
     assert overthinking(sweep).panels[0].title == f"best trial full-001 (acc/id = {sweep.trials[1].metrics['acc/id']:.3f}): id split"
+
+
+def test_an_export_draws_the_same_diagrams_and_summary_as_the_store_it_came_from(store, tmp_path):
+    export = tmp_path / "replicated.json.gz"
+    from_store = draw_report(store["uri"], "replicated", out_dir=tmp_path / "store", export_to=export)
+    from_export = draw_export(export, "replicated", out_dir=tmp_path / "export")
+
+    assert [p.name for p in from_export.files] == [p.name for p in from_store.files]
+    assert (tmp_path / "export" / "summary.csv").read_text() == (tmp_path / "store" / "summary.csv").read_text()
+    for name in ("grokking.html", "overthinking.html", "halting.html", "depth.html"):  # the same figure data
+        assert (tmp_path / "export" / name).read_text() == (tmp_path / "store" / name).read_text()
+    stored, exported = load_sweep(store["client"], "replicated"), load_export(export, "replicated")
+    for kept, read in zip(stored.trials, exported.trials):
+        assert read.params == kept.params and read.logged == kept.logged
+        assert read.metrics == pytest.approx(kept.metrics, rel=0, abs=0, nan_ok=True)
+        assert exported.history(read, "acc/id") == stored.history(kept, "acc/id")
+    assert export.read_bytes() == export_sweep(stored, tmp_path / "again.json.gz").read_bytes()  # same bytes
+
+
+def test_an_export_of_another_sweep_or_not_an_export_exits_2_naming_the_file(store, tmp_path, capsys):
+    export = tmp_path / "full.json.gz"
+    export_sweep(load_sweep(store["client"], "full"), export)
+    (tmp_path / "plain.json").write_text("{}")
+
+    assert main(["replicated", "--from-export", str(export)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {export}: holds experiment 'full', not 'replicated'"
+    assert main(["full", "--from-export", str(tmp_path / "plain.json")]) == 2
+    assert capsys.readouterr().err.strip().startswith(f"error: {tmp_path / 'plain.json'}: not a sweep export")
+    assert main(["full", "--from-export", str(export), "--out-dir", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "depth.png").is_file()
