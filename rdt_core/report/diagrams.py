@@ -26,7 +26,17 @@ from typing import Callable, Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from rdt_core.metrics import ACC, ACC_HOPS_LOOP, ACC_LOOP, HALTING, HALTING_RULE, PHASE_STEP, names_of, rule_thresholds
+from rdt_core.metrics import (
+    ACC,
+    ACC_CHOSEN,
+    ACC_HOPS_LOOP,
+    ACC_LOOP,
+    HALTING,
+    HALTING_RULE,
+    PHASE_STEP,
+    names_of,
+    rule_thresholds,
+)
 from rdt_core.report.export import export_sweep, load_export
 from rdt_core.report.panels import Figure, Heatmap, Line, Marks, Scatter, Series
 from rdt_core.report.render import write_html, write_plotly_js, write_png
@@ -41,7 +51,7 @@ from rdt_core.report.runs import (
     open_store,
     splits_of,
 )
-from rdt_core.report.summary import write_summary
+from rdt_core.report.summary import varying_params, write_summary
 
 ARTIFACT_DIR = "diagrams"
 GRAPH_PARAMS = {"data.n_entities": ("N", "graph size N"), "data.inferred_ratio": ("φ", "inferred ratio φ")}
@@ -102,8 +112,14 @@ def grokking(sweep: Sweep) -> Figure:
 
 
 def phase_panel(sweep: Sweep, split: str, rows: list[tuple[str, Setting]], y_title: str, onset: str) -> Heatmap:
-    curves = {row: sweep.setting_history(setting, ACC.name(split=split)) for row, setting in rows}
-    panel = grid_panel(curves, f"{split} split: acc/{split} at the trained loop count", "optimizer step", y_title)
+    """Accuracy over steps of one split at the loop budget chosen on validation where the trials report
+    it (the budget at which the onsets are timed: a systematic stage may show only at more loops than
+    trained), else at the trained loop count (the train split)."""
+    chosen = ACC_CHOSEN.name(split=split)
+    key = chosen if any(chosen in t.logged for _, s in rows for t in s.replicates) else ACC.name(split=split)
+    reading = "at the budget chosen on validation" if key == chosen else "at the trained loop count"
+    curves = {row: sweep.setting_history(setting, key) for row, setting in rows}
+    panel = grid_panel(curves, f"{split} split: {key} {reading}", "optimizer step", y_title)
     points, text = [], []
     for row, setting in rows:
         spread = setting.spread.get(PHASE_STEP.name(split=split))
@@ -126,17 +142,31 @@ def onset_column(columns: list[str], step: float, nearest: bool) -> str | None:
 
 
 def trial_rows(trials: list[Setting]) -> tuple[list[tuple[str, Setting]], str]:
-    """One labelled row per setting, by the graph parameters that vary between settings (names when
-    none does, or to tell apart settings that share them), and the axis title that says so."""
+    """One labelled row per setting, by the graph parameters that vary between settings, and the other
+    params that vary where those do not tell the settings apart (names where nothing does), and the axis
+    title that says so."""
     varying = [key for key in GRAPH_PARAMS if len({t.params.get(key) for t in trials}) > 1]
-    ordered = sorted(trials, key=lambda t: (*(t.number(key) or 0.0 for key in varying), t.name))
-    labels = [", ".join(f"{GRAPH_PARAMS[key][0]}={t.params.get(key)}" for key in varying) for t in ordered]
+    if len({tuple(t.params.get(key) for key in varying) for t in trials}) < len(trials):  # add what else differs
+        varying += [key for key in varying_params(trials) if key not in GRAPH_PARAMS]
+    ordered = sorted(trials, key=lambda t: (*(sortable(t, key) for key in varying), t.name))
+    labels = [", ".join(f"{short_name(key)}={t.params.get(key)}" for key in varying) for t in ordered]
     if not varying or len(set(labels)) < len(labels):
         labels = [f"{text} ({t.name})" if text else t.name for text, t in zip(labels, ordered)]
-    title = " and ".join(GRAPH_PARAMS[key][1] for key in varying) or (
+    title = " and ".join(GRAPH_PARAMS[key][1] if key in GRAPH_PARAMS else short_name(key) for key in varying) or (
         "setting" if any(t.n > 1 for t in trials) else "trial"
     )
     return list(zip(labels, ordered)), title
+
+
+def short_name(key: str) -> str:
+    """A param's name in a row label: the graph's symbols (N, φ), else its last dotted part."""
+    return GRAPH_PARAMS[key][0] if key in GRAPH_PARAMS else key.rsplit(".", 1)[-1]
+
+
+def sortable(setting: Setting, key: str) -> tuple[float, str]:
+    """Rows in numeric order of a numeric param, else in its text order."""
+    number = setting.number(key)
+    return (number, "") if number is not None else (math.inf, setting.params.get(key, ""))
 
 
 def halting(sweep: Sweep) -> Figure:

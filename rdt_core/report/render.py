@@ -47,6 +47,7 @@ MARK_STYLES = {  # plotly symbol -> (matplotlib marker, colour, filled, size in 
 LINE_DASHES = {"x": (":", "dot"), "y": ("--", "dash")}  # (matplotlib, plotly): vertical and horizontal differ
 LEGEND_BACKGROUND = "silver"  # white marks and lines must show in the legend too
 MAX_TICKS = 12
+X_TICK_ROOM = 60  # characters of tick labels that fit side by side under a PNG panel at its font size
 MAX_LEGEND_SERIES = 12  # beyond this a PNG legend hides the data; the HTML one still lists them all
 PLOTLY_JS = "plotly.min.mjs"  # the one plotly.js of a folder of HTML diagrams; why .mjs: module docstring
 COLOUR_AXIS = {"colorscale": COLOUR_SCALE, "cmin": 0, "cmax": 1, "colorbar": {"title": {"text": "accuracy"}}}
@@ -137,7 +138,7 @@ def png_heatmap(axes: Axes, panel: Heatmap) -> AxesImage:
     image = axes.imshow(values, origin="lower", aspect="auto", vmin=0, vmax=1, cmap=colours, interpolation="nearest")
     axes.set(xlabel=panel.x_title, ylabel=panel.y_title)
     axes.set_title(panel.title, fontsize=10)
-    axes.set_xticks(*thinned(panel.x))
+    axes.set_xticks(*thinned(panel.x, X_TICK_ROOM))
     axes.set_yticks(*thinned(panel.y))
     column, row = {x: j for j, x in enumerate(panel.x)}, {y: i for i, y in enumerate(panel.y)}
     for mark in panel.marks:
@@ -184,9 +185,12 @@ def png_scatter(axes: Axes, panel: Scatter) -> None:
     axes.legend(fontsize=7, loc="lower right", ncols=2 if with_legend and len(panel.series) > 6 else 1)
 
 
-def thinned(labels: list[str]) -> tuple[list[int], list[str]]:
-    """Tick positions and labels, at most ``MAX_TICKS`` of them (steps can number hundreds)."""
+def thinned(labels: list[str], room: int | None = None) -> tuple[list[int], list[str]]:
+    """Tick positions and labels, at most ``MAX_TICKS`` of them (steps can number hundreds) and, along
+    an axis with ``room`` characters, no more than fit side by side (twenty steps of five digits)."""
     every = max(1, math.ceil(len(labels) / MAX_TICKS))
+    if room and labels:
+        every = max(every, math.ceil(len(labels) * (max(map(len, labels)) + 2) / room))
     positions = list(range(0, len(labels), every))
     return positions, [labels[i] for i in positions]
 
