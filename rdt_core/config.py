@@ -23,6 +23,11 @@ class ConfigError(ValueError):
         self.key = key
         self.message = message
 
+    def __reduce__(self):
+        """Rebuilt from key and message: a trial's error crosses processes pickled (Ray), and the default
+        (one argument, the formatted text) would fail there, hiding this error behind a TypeError."""
+        return type(self), (self.key, self.message)
+
 
 def read_utf8_file(path: Path, what: str = "file") -> str:
     """A YAML file's text, read as UTF-8: a missing file, a directory or a byte that is not UTF-8 (named by

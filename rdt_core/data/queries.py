@@ -124,11 +124,17 @@ def build_splits(config: DataConfig) -> Splits:
             wanted = n_trained + n_held
             heads, relations = sample_distinct_walks(graph, allowed, hops, wanted, generator)
             if heads.numel() < wanted:
+                found = heads.numel()
+                if found - n_trained >= 1:
+                    remedy = f"at most {found - n_trained} can be held out"
+                else:  # the trained queries alone exceed the graph: only a smaller phi helps
+                    largest_ratio = (found - n_held) * max(1, len(trained_hops)) / n_id_facts
+                    remedy = f"inferred_ratio at most {max(0.0, largest_ratio):.2f} leaves room for them"
                 raise ConfigError(
                     "data.inferred_ratio" if n_trained else "data.n_test_queries",
-                    f"only {heads.numel()} distinct {hops}-hop {split} queries exist, {wanted} wanted "
+                    f"only {found} distinct {hops}-hop {split} queries exist, {wanted} wanted "
                     f"({n_trained} trained + {config.n_validation} validation + {config.n_test_queries} test): "
-                    f"at most {heads.numel() - n_trained} can be held out",
+                    + remedy,
                 )
             queries = make_query_set(graph, vocab, heads, relations, config.test_max_hops)
             if n_trained:

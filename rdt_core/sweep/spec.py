@@ -8,6 +8,7 @@ Every problem is raised as a :class:`SpecError` naming the file and the dotted k
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, Union
@@ -25,6 +26,7 @@ from rdt_core.config import (
     read_utf8_file,
     set_dotted,
 )
+from rdt_core.data.queries import build_splits
 from rdt_core.metrics import ACC
 from rdt_core.train import reported_metric_names
 
@@ -377,7 +379,35 @@ def validate_spec(raw: dict[str, Any], path: str | Path) -> SweepSpec:
     for metric in spec.objectives()[0]:
         if metric not in reported:
             raise SpecError(f"{path}: metric: no trial reports {metric!r} (try 'acc/id')")
+    if spec.trained_model is None:
+        check_graphs(spec, path)
     return spec
+
+
+def check_graphs(spec: SweepSpec, path: str | Path) -> None:
+    """Build the query splits of every graph the sweep's trials will use (a grid's settings and seeds;
+    for a searched space, the ends of each searched data key), so that a graph too small for its splits
+    (an inferred ratio or a test split asking for more distinct queries than it holds) stops the sweep
+    here with one line, instead of failing in a trial's worker after others have trained for minutes."""
+    if spec.sampler.type == "grid":
+        points = [dict(zip(spec.grid(), values)) for values in itertools.product(*spec.grid().values())]
+    else:
+        points = [{}] + [{key: value} for key, dist in spec.search_space.items() if key.startswith("data.")
+                         for value in dist.bounds()]
+    built = set()
+    for point in points:
+        data = trial_config(spec.base, point).data
+        if data in built:
+            continue
+        built.add(data)
+        try:
+            build_splits(data)
+        except ConfigError as error:
+            searched = error.key in spec.search_space
+            where = f"search_space.{error.key}" if searched else f"base.{error.key}"
+            at = ", ".join(f"{key} {value}" for key, value in point.items() if key != error.key or searched)
+            at = f" (trial with {at}, data.seed {data.seed})" if at else f" (data.seed {data.seed})"
+            raise SpecError(f"{path}: {where}: {error.message}{at}") from None
 
 
 def trained_config(spec: SweepSpec) -> ExperimentConfig:

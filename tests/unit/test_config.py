@@ -1,3 +1,5 @@
+import pickle
+
 import pytest
 
 from rdt_core.config import ConfigError, ExperimentConfig
@@ -37,3 +39,11 @@ def test_train_loops_beyond_the_readout_are_rejected():
 def test_heads_must_divide_width_into_even_heads():
     with pytest.raises(ConfigError, match="n_heads"):
         ExperimentConfig.from_dict({"model": {"d_model": 30, "n_heads": 4}})
+
+
+def test_a_config_error_survives_pickling_with_its_key_and_message():
+    """A trial's error reaches the driver pickled (Ray): it must arrive as itself, not as a TypeError."""
+    error = pickle.loads(pickle.dumps(ConfigError("data.n_test_queries", "only 69 distinct 2-hop ood queries")))
+    assert isinstance(error, ConfigError)
+    assert (error.key, error.message) == ("data.n_test_queries", "only 69 distinct 2-hop ood queries")
+    assert str(error) == "data.n_test_queries: only 69 distinct 2-hop ood queries"

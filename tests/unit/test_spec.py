@@ -394,3 +394,31 @@ def test_only_countable_values_beyond_the_trials_are_uncovered():
     assert [key for key, _ in validate_spec(smoke_with(num_samples=2), "spec.yaml").uncovered()] == [
         "search_space.train.train_loops"]
     assert grid_spec(1).uncovered() == []  # a grid tries every value by construction
+
+
+def test_a_graph_too_small_for_one_seeds_splits_stops_the_sweep_before_it_starts(tmp_path):
+    """Replicate 1's graph (data.seed 1) holds 69 distinct ood 2-hop queries; 72 are asked. Found in a
+    trial's worker, this cost a sweep its first round; found here, it is one line and nothing runs."""
+    data = {"n_entities": 32, "n_relations": 8, "ood_fraction": 0.2, "inferred_ratio": 3.0, "n_test_queries": 48}
+    grid = {"train.lr": {"type": "grid", "values": [0.003]}}
+    path = write_spec(tmp_path / "small.yaml", smoke_with(base__data=data, sampler={"type": "grid"}, seeds=2,
+                                                          num_samples=..., search_space=grid))
+    completed = subprocess.run([sys.executable, str(RUN_PY), str(path), "--dry-run"], cwd=tmp_path,
+                               env=isolated_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 2
+    assert completed.stderr.strip().splitlines() == [
+        f"error: {path}: base.data.n_test_queries: only 69 distinct 2-hop ood queries exist, 72 wanted "
+        "(0 trained + 24 validation + 48 test): at most 69 can be held out "
+        "(trial with train.lr 0.003, replicate 1, data.seed 1)"
+    ]
+    assert list(tmp_path.iterdir()) == [path]  # nothing written
+
+
+def test_an_inferred_ratio_the_graph_cannot_hold_names_the_searched_key_and_the_largest_that_fits():
+    raw = smoke_with(base__data={"n_entities": 64, "n_relations": 8, "ood_fraction": 0.2, "n_test_queries": 96},
+                     sampler={"type": "random"}, search_space={"data.inferred_ratio": {"type": "float", "low": 2.0, "high": 8.0}})
+    with pytest.raises(SpecError) as caught:
+        validate_spec(raw, "phi.yaml")
+    message = str(caught.value)
+    assert message.startswith("phi.yaml: search_space.data.inferred_ratio: only 2624 distinct 2-hop id queries exist")
+    assert "inferred_ratio at most 6.05 leaves room for them (trial with data.inferred_ratio 8.0, data.seed 0)" in message
