@@ -260,6 +260,60 @@ def depth(sweep: Sweep) -> list[str]:
          "structural null"], rows)]
 
 
+# --- line figures with the spread over seeds and the nulls, beside the report's heatmaps ----------------
+
+
+def curves(sweep: Sweep, param: str, title: str, path: Path) -> None:
+    """Accuracy over training at the budget chosen on validation (train: at the trained loops), one
+    panel per split, one line per value of ``param`` (mean over seeds, band: ± one sample std), the
+    split's structural null (mean over seeds) dashed and chance dotted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    splits = [split for split in ("train", "id", "ood") if ACC.name(split=split) in sweep.trials[0].metrics]
+    figure, panels = plt.subplots(1, len(splits), figsize=(4.2 * len(splits), 3.4), sharey=True, squeeze=False)
+    settings = sorted(by(sweep, param).items(), key=lambda item: sortable(item[0][0]))
+    for axes, split in zip(panels[0], splits):
+        key = ACC.name(split=split) if split == "train" else ACC_CHOSEN.name(split=split)
+        for (value,), setting in settings:
+            history = sweep.setting_history(setting, key)
+            steps = sorted(history)
+            mean = [history[step].mean for step in steps]
+            std = [history[step].std if history[step].n > 1 else 0.0 for step in steps]
+            line, = axes.plot(steps, mean, label=f"{param.rsplit('.', 1)[-1]} = {value} (n={setting.n})")
+            axes.fill_between(steps, [m - d for m, d in zip(mean, std)], [m + d for m, d in zip(mean, std)],
+                              color=line.get_color(), alpha=0.2, linewidth=0)
+            null = Spread.of(v for v in values(setting, NULL.name(split=split, hops=2, stat="structural")) if v is not None)
+            if split != "train" and null.n:
+                axes.axhline(null.mean, color=line.get_color(), linestyle="--", linewidth=0.8)
+        chance = sweep.trials[0].metrics.get(NULL_CHANCE.name())
+        if chance:
+            axes.axhline(chance, color="grey", linestyle=":", linewidth=0.8)
+        reading = "at the trained loops" if split == "train" else "at the budget chosen on validation"
+        axes.set(title=f"{split}: {reading}", xlabel="optimizer step", ylim=(0, 1.02))
+    panels[0][0].set_ylabel("test accuracy (mean ± std over seeds)")
+    panels[0][-1].legend(fontsize=7, title="dashed: structural null; dotted: chance", title_fontsize=7)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def sortable(value: str) -> tuple[float, str]:
+    try:
+        return float(value), ""
+    except ValueError:
+        return math.inf, value
+
+
+LINE_FIGURES: dict[str, tuple[str, str]] = {  # sweep: the param whose values are the lines, the title
+    "grokking": ("model.architecture", "32 entities, 8 relations, a fifth of the facts held out, phi 3"),
+    "phi": ("data.inferred_ratio", "64 entities, 8 relations, a fifth of the facts held out"),
+}
+
+
 NUMBERS_OF: dict[str, Callable[[Sweep], list[str]]] = {
     "grokking": grokking, "phi": phi, "overthinking": overthinking, "halting": halting, "depth": depth,
 }
@@ -280,6 +334,9 @@ def main() -> int:
         for file in report.files:
             if file.suffix not in (".png", ".md"):  # HTML and plotly.js: drawn by rdt_core.report on demand
                 file.unlink()
+        if name in LINE_FIGURES:
+            param, title = LINE_FIGURES[name]
+            curves(sweep, param, f"{name}: {title}", out / "curves.png")
         for note in report.notes:
             print(f"note: {name}: {note}", file=sys.stderr)
         chance = next(iter(sweep.trials)).metrics.get(NULL_CHANCE.name())

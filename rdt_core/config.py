@@ -70,13 +70,16 @@ class ConfigSection(StrictModel):
     @field_validator("*", mode="before")
     @classmethod
     def _no_boolean_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
-        if isinstance(value, bool) and takes_numbers_only(cls.model_fields[info.field_name].annotation):
+        if not takes_numbers_only(cls.model_fields[info.field_name].annotation):
+            return value
+        if isinstance(value, bool) or (isinstance(value, list) and any(isinstance(item, bool) for item in value)):
             raise ValueError("a boolean where a number belongs")
         return value
 
 
 def takes_numbers_only(annotation: Any) -> bool:
-    """Whether a field of this type takes numbers (``int``, ``float | None``) and no boolean."""
+    """Whether a field of this type takes numbers (``int``, ``float | None``, ``list[float]``) and no
+    boolean."""
     types = get_args(annotation) or (annotation,)
     return bool not in types and any(kind in (int, float) for kind in types)
 

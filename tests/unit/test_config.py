@@ -23,6 +23,8 @@ def test_dotted_overrides_apply():
         ({"model": {"d_model": "wide"}}, "model.d_model"),
         ({"data": {"n_entities": 1}}, "data.n_entities"),
         ({"optimizer": {}}, "optimizer"),
+        ({"train": {"steps": True}}, "train.steps"),  # YAML's yes: not 1 step
+        ({"eval": {"halt_kl_grid": [0.01, True]}}, "eval.halt_kl_grid"),  # nor inside a list
     ],
 )
 def test_invalid_values_name_their_key(values, key):
