@@ -154,20 +154,28 @@ def validation_stopped(sweep: Sweep, setting: Setting, split: str) -> list[float
 
 def seed_tests(sweep: Sweep, split: str, hops: int) -> list[str]:
     """Each trial's final chosen-budget accuracy on ``split`` as a count of its test queries, with the
-    one-sided binomial p against its own structural null."""
+    one-sided binomial p against its own structural null; then each setting's seeds pooled (counts
+    summed, against the mean of their nulls)."""
     rows, varying = [], varying_params(sweep.settings)
     for setting in sweep.settings:
-        for trial in setting.replicates:
-            accuracy = trial.metrics.get(ACC_CHOSEN.name(split=split))
-            null = trial.metrics.get(NULL.name(split=split, hops=hops, stat="structural"))
-            n = int(trial.params.get("data.n_test_queries", "128"))
-            if accuracy is None or null is None:
-                continue
-            correct = round(accuracy * n)
-            label = ", ".join(f"{key}={setting.params.get(key)}" for key in varying)
-            rows.append([trial.name, label or "-", f"{correct}/{n}", f"{null:.3f}",
-                         f"{binomial_upper_p(correct, n, null):.2g}"])
+        label = ", ".join(f"{key}={setting.params.get(key)}" for key in varying) or "-"
+        found = [(trial.name, c) for trial in setting.replicates if (c := counts(trial, split, hops)) is not None]
+        if len(found) > 1:
+            correct, n = sum(c[0] for _, c in found), sum(c[1] for _, c in found)
+            found.append((f"all {len(found)} seeds", (correct, n, statistics.fmean(c[2] for _, c in found))))
+        for name, (correct, n, null) in found:
+            rows.append([name, label, f"{correct}/{n}", f"{null:.3f}", f"{binomial_upper_p(correct, n, null):.2g}"])
     return table(["trial", "setting", f"{split} correct (chosen)", "structural null", "binomial p (upper)"], rows)
+
+
+def counts(trial, split: str, hops: int) -> tuple[int, int, float] | None:
+    """(correct test queries at the chosen budget, test queries, structural null) of one trial."""
+    accuracy = trial.metrics.get(ACC_CHOSEN.name(split=split))
+    null = trial.metrics.get(NULL.name(split=split, hops=hops, stat="structural"))
+    if accuracy is None or null is None:
+        return None
+    n = int(trial.params.get("data.n_test_queries", "128"))
+    return round(accuracy * n), n, null
 
 
 def phi(sweep: Sweep) -> list[str]:
