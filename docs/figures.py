@@ -30,6 +30,7 @@ from rdt_core.metrics import (
     NULL,
     NULL_CHANCE,
     PHASE_STEP,
+    names_of,
 )
 from rdt_core.report.diagrams import draw_sweep
 from rdt_core.report.export import load_export
@@ -40,7 +41,7 @@ DOCS = Path(__file__).resolve().parent
 SWEEPS, FIGURES, NUMBERS = DOCS / "sweeps", DOCS / "figures", DOCS / "numbers.md"
 # The diagrams drawn for each sweep (those its question needs), in the order results.md shows them.
 DIAGRAMS = {
-    "grokking": ["grokking", "overthinking"],
+    "grokking": ["grokking"],
     "phi": ["grokking"],
     "overthinking": ["overthinking", "depth"],
     "halting": ["halting", "depth"],
@@ -309,6 +310,43 @@ def curves(sweep: Sweep, param: str, title: str, path: Path) -> None:
     plt.close(figure)
 
 
+def loop_curves(sweep: Sweep, param: str, title: str, path: Path, hops: int = 2) -> None:
+    """Final test accuracy over inference loops of ``hops``-hop queries, one panel per test split, one
+    line per value of ``param`` (mean ± one sample std over seeds), each split's structural null dashed,
+    the loop budget chosen on validation marked on each line (mean over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    splits = [split for split in ("id", "ood") if ACC_HOPS_CHOSEN.name(split=split, hops=hops) in sweep.trials[0].metrics]
+    figure, panels = plt.subplots(1, len(splits), figsize=(4.6 * len(splits), 3.4), sharey=True, squeeze=False)
+    settings = sorted(by(sweep, param).items(), key=lambda item: sortable(item[0][0]))
+    for axes, split in zip(panels[0], splits):
+        for (value,), setting in settings:
+            loops = sorted(v["loop"] for v in names_of(ACC_HOPS_LOOP, setting.metrics).values()
+                           if (v["split"], v["hops"]) == (split, hops))
+            cells = [setting.spread[ACC_HOPS_LOOP.name(split=split, hops=hops, loop=loop)] for loop in loops]
+            mean = [cell.mean for cell in cells]
+            std = [cell.std if cell.n > 1 else 0.0 for cell in cells]
+            line, = axes.plot(loops, mean, marker=".", label=f"{param.rsplit('.', 1)[-1]} = {value} (n={setting.n})")
+            axes.fill_between(loops, [m - d for m, d in zip(mean, std)], [m + d for m, d in zip(mean, std)],
+                              color=line.get_color(), alpha=0.2, linewidth=0)
+            chosen = setting.spread.get(LOOPS_CHOSEN.name(split=split, hops=hops))
+            if chosen and chosen.n:
+                axes.axvline(chosen.mean, color=line.get_color(), linestyle=":", linewidth=0.8)
+            null = setting.spread.get(NULL.name(split=split, hops=hops, stat="structural"))
+            if null and null.n:
+                axes.axhline(null.mean, color=line.get_color(), linestyle="--", linewidth=0.8)
+        axes.set(title=f"{split}, {hops} hops: final test accuracy", xlabel="inference loops", ylim=(0, 1.02))
+    panels[0][0].set_ylabel("accuracy (mean ± std over seeds)")
+    panels[0][-1].legend(fontsize=7, title="dashed: structural null; dotted: loops chosen", title_fontsize=7)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
 def sortable(value: str) -> tuple[float, str]:
     try:
         return float(value), ""
@@ -345,6 +383,7 @@ def main() -> int:
         if name in LINE_FIGURES:
             param, title = LINE_FIGURES[name]
             curves(sweep, param, f"{name}: {title}", out / "curves.png")
+            loop_curves(sweep, param, f"{name}: {title}", out / "loops.png")
         for note in report.notes:
             print(f"note: {name}: {note}", file=sys.stderr)
         chance = next(iter(sweep.trials)).metrics.get(NULL_CHANCE.name())

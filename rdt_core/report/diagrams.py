@@ -79,22 +79,27 @@ def overthinking(sweep: Sweep) -> Figure:
 
 def trained_loops_panel(trials: list[Trial]) -> Heatmap | None:
     """Final accuracy by inference loop per training loop count R, averaging the trials that share R
-    (a search over other settings leaves several); None when no trial has both."""
+    (a search over other settings leaves several) and the architecture (a plain transformer's "loops"
+    are its layers: never averaged with a looped model's); None when no trial has both."""
     by_trained = defaultdict(list)
     for trial in trials:
         if (trained := trial.number("train.train_loops")) is not None and (
             curve := numbered(trial.metrics, ACC_LOOP, "loop", split="id")
         ):
-            by_trained[trained].append(curve)
+            by_trained[trial.params.get("model.architecture", "looped"), trained].append(curve)
     if not by_trained:
         return None
+    architectures = {architecture for architecture, _ in by_trained}
     rows = {
-        trained: {loop: float(np.mean([curve[loop] for curve in curves if loop in curve])) for loop in union(curves)}
-        for trained, curves in sorted(by_trained.items())
+        label(trained) if len(architectures) == 1 else f"{architecture} R={label(trained)}": {
+            loop: float(np.mean([curve[loop] for curve in curves if loop in curve])) for loop in union(curves)
+        }
+        for (architecture, trained), curves in sorted(by_trained.items())
     }
+    trained_of = {row: label(trained) for row, (_, trained) in zip(rows, sorted(by_trained))}
     title = "final acc/id per training loops R (mean over trials)"
     panel = grid_panel(rows, title, "inference loops", "training loops R")
-    trained_cells = [(label(r), label(r)) for r in rows if label(r) in panel.x]
+    trained_cells = [(trained_of[row], row) for row in panel.y if trained_of[row] in panel.x]
     return with_marks(panel, [row_peaks(panel), Marks("trained loops R", trained_cells, "square-open")])
 
 

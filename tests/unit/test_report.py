@@ -17,7 +17,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from rdt_core.report import DIAGRAMS, ReportError, draw_report, pareto_front
 from rdt_core.report.__main__ import main
-from rdt_core.report.diagrams import depth, draw_export, grokking, halting, overthinking
+from rdt_core.report.diagrams import depth, draw_export, grokking, halting, overthinking, trained_loops_panel
 from rdt_core.report.export import export_sweep, load_export
 from rdt_core.report.render import PLOTLY_JS
 from rdt_core.report.runs import REPLICATE_PARAM, Spread, Sweep, Trial, group_replicates, load_sweep
@@ -377,3 +377,19 @@ def test_an_export_of_another_sweep_or_not_an_export_exits_2_naming_the_file(sto
     assert capsys.readouterr().err.strip().startswith(f"error: {tmp_path / 'plain.json'}: not a sweep export")
     assert main(["full", "--from-export", str(export), "--out-dir", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "depth.png").is_file()
+
+
+def test_the_trained_loops_panel_never_averages_a_plain_transformer_with_a_looped_model():
+    curves = {"looped": [0.1, 0.5, 0.9], "vanilla": [0.0, 0.1, 0.1]}
+    trials = [
+        Trial(f"{architecture}-{seed}", f"{architecture}-{seed}",
+              {"model.architecture": architecture, "train.train_loops": "2", "train.seed": str(seed)},
+              {f"acc/id/loop_{loop:02d}": value for loop, value in enumerate(curve, start=1)})
+        for architecture, curve in curves.items() for seed in (0, 1)
+    ]
+    panel = trained_loops_panel(trials)
+
+    assert panel.y == ["looped R=2", "vanilla R=2"]
+    assert panel.values == [curves["looped"], curves["vanilla"]]
+    assert panel.marks[1].points == [("2", "looped R=2"), ("2", "vanilla R=2")]  # the trained R of each row
+    assert trained_loops_panel(trials[:2]).y == ["2"]  # one architecture: rows are R alone, as before
