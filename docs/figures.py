@@ -26,9 +26,11 @@ from rdt_core.metrics import (
     ACC_PREFIX,
     HALTING_HOPS,
     HALTING_HOPS_KL_ONLY,
+    LENS_TOP1,
     LOOPS_CHOSEN,
     NULL,
     NULL_CHANCE,
+    PATCHING,
     PHASE_STEP,
     names_of,
 )
@@ -130,12 +132,56 @@ def grokking(sweep: Sweep) -> list[str]:
         rows,
     )
     lines += seed_tests(sweep, "ood", 2)
+    lines += ["Over training, at the budget chosen on validation (mean over seeds, then over the evaluations of a window):", ""]
+    lines += windows(sweep, "model.architecture", [(1, 5000), (5001, 10000), (10001, 15000), (15001, 20000)])
+    lines += inside(sweep)
     if len(ood_final) == 2 and all(ood_final.values()):
         p = permutation_p(ood_final["looped"], ood_final["vanilla"])
         lines += [f"looped > vanilla on final ood (chosen): exact permutation p = {p:.3f} "
                   f"(n = {len(ood_final['looped'])} + {len(ood_final['vanilla'])}; the smallest possible p is "
                   f"{1 / math.comb(sum(map(len, ood_final.values())), len(ood_final['looped'])):.3f})", ""]
     return lines
+
+
+def windows(sweep: Sweep, param: str, spans: list[tuple[int, int]]) -> list[str]:
+    """Per setting and split, the mean over seeds of the chosen-budget accuracy, averaged over the
+    evaluations that fall in each span of steps, with the spread over seeds of those averages."""
+    rows = []
+    for (value,), setting in sorted(by(sweep, param).items()):
+        for split in ("id", "ood"):
+            cells = []
+            for low, high in spans:
+                per_seed = []
+                for trial in setting.replicates:
+                    history = sweep.history(trial, ACC_CHOSEN.name(split=split))
+                    inside = [v for step, v in history.items() if low <= step <= high]
+                    per_seed.append(statistics.fmean(inside) if inside else None)
+                cells.append(spread(per_seed))
+            rows.append([value, split, *cells])
+    return table([param, "split", *(f"steps {low}-{high}" for low, high in spans)], rows)
+
+
+def inside(sweep: Sweep) -> list[str]:
+    """The looped setting's logit lens at the answer position (top-1 share of the bridge entity and of the
+    answer after each loop, id and ood 2-hop queries) and activation patching of the state (share of the
+    logit gap recovered, first relation's position and last position) beside a random model's."""
+    looped = by(sweep, "model.architecture").get(("looped",))
+    if looped is None:
+        return []
+    loops = sorted({v["loop"] for v in names_of(LENS_TOP1, looped.metrics).values()})
+    rows = [[split, target, *(spread(values(looped, LENS_TOP1.name(split=split, hops=2, target=target, loop=loop)), 2)
+                             for loop in loops)]
+            for split in ("id", "ood") for target in ("bridge_1", "answer")]
+    lines = ["Logit lens of the looped model at the answer position, top-1 share (2-hop test queries):", ""]
+    lines += table(["split", "target", *(f"loop {loop}" for loop in loops)], rows)
+    patched = sorted({v["loop"] for v in names_of(PATCHING, looped.metrics).values()
+                      if (v["model"], v["point"]) == ("patching", "state")})
+    rows = [[model, f"pos {pos}", *(spread(values(looped, PATCHING.name(model=model, point="state", hops=2, loop=loop, pos=pos)), 2)
+                                   for loop in patched)]
+            for pos in (1, 2) for model in ("patching", "patching_null")]
+    lines += ["Activation patching of the state, first relation corrupted, share of the logit gap recovered "
+              "(patching_null: a randomly initialised model of the same shape):", ""]
+    return lines + table(["model", "position", *(f"after loop {loop}" for loop in patched)], rows)
 
 
 def validation_stopped(sweep: Sweep, setting: Setting, split: str) -> list[float | None]:
