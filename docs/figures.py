@@ -45,8 +45,8 @@ SWEEPS, FIGURES, NUMBERS = DOCS / "sweeps", DOCS / "figures", DOCS / "numbers.md
 DIAGRAMS = {
     "grokking": ["grokking"],
     "phi": ["grokking"],
-    "overthinking": ["overthinking", "depth"],
-    "halting": ["halting", "depth"],
+    "overthinking": ["overthinking"],
+    "halting": ["halting"],
     "depth": ["depth"],
 }
 
@@ -259,9 +259,10 @@ def overthinking(sweep: Sweep) -> list[str]:
                                  statistics.fmean(l for l in last if l is not None), n) if fall else math.nan
             rows.append([trained, str(hops), spread(at_trained),
                          spread(values(setting, LOOPS_CHOSEN.name(split="id", hops=hops)), 1), spread(chosen),
-                         spread(last), spread(fall), f"{z:.1f}"])
+                         spread(last), spread(fall), f"{z:.1f}",
+                         spread(values(setting, NULL.name(split="id", hops=hops, stat="structural")))])
     lines += table(["trained R", "hops", "at R loops", "loops chosen (id_val)", "at chosen", f"at {max_loops} loops",
-                    f"fall chosen -> {max_loops}", "z (pooled, conservative)"], rows)
+                    f"fall chosen -> {max_loops}", "z (pooled, conservative)", "structural null"], rows)
     return lines
 
 
@@ -356,19 +357,18 @@ def curves(sweep: Sweep, param: str, title: str, path: Path) -> None:
     plt.close(figure)
 
 
-def loop_curves(sweep: Sweep, param: str, title: str, path: Path, hops: int = 2) -> None:
-    """Final test accuracy over inference loops of ``hops``-hop queries, one panel per test split, one
-    line per value of ``param`` (mean ± one sample std over seeds), each split's structural null dashed,
-    the loop budget chosen on validation marked on each line (mean over seeds)."""
+def loop_curves(sweep: Sweep, param: str, title: str, path: Path, panels: list[tuple[str, int]]) -> None:
+    """Final test accuracy over inference loops, one panel per (split, hop count), one line per value of
+    ``param`` (mean ± one sample std over seeds), each line's structural null dashed and its loop budget
+    chosen on validation dotted (means over seeds)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    splits = [split for split in ("id", "ood") if ACC_HOPS_CHOSEN.name(split=split, hops=hops) in sweep.trials[0].metrics]
-    figure, panels = plt.subplots(1, len(splits), figsize=(4.6 * len(splits), 3.4), sharey=True, squeeze=False)
+    figure, grid = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.4), sharey=True, squeeze=False)
     settings = sorted(by(sweep, param).items(), key=lambda item: sortable(item[0][0]))
-    for axes, split in zip(panels[0], splits):
+    for axes, (split, hops) in zip(grid[0], panels):
         for (value,), setting in settings:
             loops = sorted(v["loop"] for v in names_of(ACC_HOPS_LOOP, setting.metrics).values()
                            if (v["split"], v["hops"]) == (split, hops))
@@ -385,8 +385,8 @@ def loop_curves(sweep: Sweep, param: str, title: str, path: Path, hops: int = 2)
             if null and null.n:
                 axes.axhline(null.mean, color=line.get_color(), linestyle="--", linewidth=0.8)
         axes.set(title=f"{split}, {hops} hops: final test accuracy", xlabel="inference loops", ylim=(0, 1.02))
-    panels[0][0].set_ylabel("accuracy (mean ± std over seeds)")
-    panels[0][-1].legend(fontsize=7, title="dashed: structural null; dotted: loops chosen", title_fontsize=7)
+    grid[0][0].set_ylabel("accuracy (mean ± std over seeds)")
+    grid[0][-1].legend(fontsize=7, title="dashed: structural null; dotted: loops chosen", title_fontsize=7)
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
@@ -400,9 +400,17 @@ def sortable(value: str) -> tuple[float, str]:
         return math.inf, value
 
 
-LINE_FIGURES: dict[str, tuple[str, str]] = {  # sweep: the param whose values are the lines, the title
-    "grokking": ("model.architecture", "32 entities, 8 relations, a fifth of the facts held out, phi 3"),
-    "phi": ("data.inferred_ratio", "64 entities, 8 relations, a fifth of the facts held out"),
+# Per sweep: the param whose values are the lines, the title, whether to draw accuracy over training
+# (``curves``), and the (split, hop count) panels of accuracy over inference loops (``loop_curves``).
+LINE_FIGURES: dict[str, tuple[str, str, bool, list[tuple[str, int]]]] = {
+    "grokking": ("model.architecture", "32 entities, 8 relations, a fifth of the facts held out, phi 3", True,
+                 [("id", 2), ("ood", 2)]),
+    "phi": ("data.inferred_ratio", "64 entities, 8 relations, a fifth of the facts held out", True,
+            [("id", 2), ("ood", 2)]),
+    "overthinking": ("train.train_loops", "32 entities, 4 relations, trained on 2 hops", False,
+                     [("id", 2), ("id", 3)]),
+    "halting": ("train.loops_sampling", "32 entities, 4 relations, trained on 2 hops", False,
+                [("id", 2), ("id", 3), ("id", 4)]),
 }
 
 
@@ -427,9 +435,10 @@ def main() -> int:
             if file.suffix not in (".png", ".md"):  # HTML and plotly.js: drawn by rdt_core.report on demand
                 file.unlink()
         if name in LINE_FIGURES:
-            param, title = LINE_FIGURES[name]
-            curves(sweep, param, f"{name}: {title}", out / "curves.png")
-            loop_curves(sweep, param, f"{name}: {title}", out / "loops.png")
+            param, title, over_training, panels = LINE_FIGURES[name]
+            if over_training:
+                curves(sweep, param, f"{name}: {title}", out / "curves.png")
+            loop_curves(sweep, param, f"{name}: {title}", out / "loops.png", panels)
         for note in report.notes:
             print(f"note: {name}: {note}", file=sys.stderr)
         chance = next(iter(sweep.trials)).metrics.get(NULL_CHANCE.name())

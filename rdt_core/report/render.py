@@ -24,6 +24,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -47,6 +48,7 @@ MARK_STYLES = {  # plotly symbol -> (matplotlib marker, colour, filled, size in 
 LINE_DASHES = {"x": (":", "dot"), "y": ("--", "dash")}  # (matplotlib, plotly): vertical and horizontal differ
 LEGEND_BACKGROUND = "silver"  # white marks and lines must show in the legend too
 MAX_TICKS = 12
+TITLE_WIDTH = 70  # characters of a PNG panel's title per line
 X_TICK_ROOM = 60  # characters of tick labels that fit side by side under a PNG panel at its font size
 MAX_LEGEND_SERIES = 12  # beyond this a PNG legend hides the data; the HTML one still lists them all
 PLOTLY_JS = "plotly.min.mjs"  # the one plotly.js of a folder of HTML diagrams; why .mjs: module docstring
@@ -137,7 +139,7 @@ def png_heatmap(axes: Axes, panel: Heatmap) -> AxesImage:
     values = np.array(panel.values, dtype=float)
     image = axes.imshow(values, origin="lower", aspect="auto", vmin=0, vmax=1, cmap=colours, interpolation="nearest")
     axes.set(xlabel=panel.x_title, ylabel=panel.y_title)
-    axes.set_title(panel.title, fontsize=10)
+    axes.set_title(wrapped(panel.title), fontsize=10)
     axes.set_xticks(*thinned(panel.x, X_TICK_ROOM))
     axes.set_yticks(*thinned(panel.y))
     column, row = {x: j for j, x in enumerate(panel.x)}, {y: i for i, y in enumerate(panel.y)}
@@ -181,8 +183,13 @@ def png_scatter(axes: Axes, panel: Scatter) -> None:
     axes.step(xs, ys, where="post", color="black", linewidth=1.5, label=panel.front_label)
     axes.scatter(xs, ys, s=50, facecolors="none", edgecolors="black", zorder=3)
     axes.set(xlabel=panel.x_title, ylabel=panel.y_title, ylim=(0, 1.02))
-    axes.set_title(panel.title, fontsize=10)
+    axes.set_title(wrapped(panel.title), fontsize=10)
     axes.legend(fontsize=7, loc="lower right", ncols=2 if with_legend and len(panel.series) > 6 else 1)
+
+
+def wrapped(title: str) -> str:
+    """A panel title on lines that fit above its panel (a best setting's title names its metric and spread)."""
+    return "\n".join(textwrap.wrap(title, TITLE_WIDTH)) or title
 
 
 def thinned(labels: list[str], room: int | None = None) -> tuple[list[int], list[str]]:
