@@ -177,14 +177,16 @@ def sortable(setting: Setting, key: str) -> tuple[float, str]:
 def halting(sweep: Sweep) -> Figure:
     """Accuracy against compute for every halting rule of every setting (split id, final values, means
     over replicates) with the Pareto front over all of them, and the best setting's threshold grid."""
-    series = [rule_series(setting) for setting in sweep.settings]
+    varying = varying_params(sweep.settings)
+    series = [rule_series(setting, setting_name(setting, varying)) for setting in sweep.settings]
     series = [s for s in series if s.x]
     if not series:
         raise Unsupported("no trial reports halting/id/<rule>/{acc,mean_loops}")
     points = [(x, y) for s in series for x, y in zip(s.x, s.y)]
     front = [points[i] for i in pareto_front(points)]
     scatter = Scatter(
-        "every rule of every trial (id split, final)", "mean loops", "accuracy", series, front, "Pareto front"
+        "every rule of every trial (id split, all hop counts, final)", "mean loops", "accuracy", series, front,
+        "Pareto front",
     )
     best, notes, panels = sweep.best_setting(), [], [scatter]
     if best is not None and grid_rules(best):
@@ -194,9 +196,15 @@ def halting(sweep: Sweep) -> Figure:
     return Figure("halting", f"Adaptive halting: accuracy against loops ({sweep.experiment})", panels, notes)
 
 
-def rule_series(setting: Setting) -> Series:
-    """The setting's halting rules as (mean loops, accuracy) points: the grid, else the configured rule
-    (a trial stopped early never reported the grid, which comes at the end)."""
+def setting_name(setting: Setting, varying: list[str]) -> str:
+    """A setting's name with the values of the params that tell it apart: ``halting-001 ×3 (loops_sampling=fixed)``."""
+    values = ", ".join(f"{short_name(key)}={setting.params.get(key)}" for key in varying)
+    return f"{setting.name} ({values})" if values else setting.name
+
+
+def rule_series(setting: Setting, name: str) -> Series:
+    """The setting's halting rules as (mean loops, accuracy) points, named ``name``: the grid, else the
+    configured rule (a trial stopped early never reported the grid, which comes at the end)."""
     def named(stat: str, rule: str | None) -> str:
         return HALTING.name(split="id", stat=stat) if rule is None else HALTING_RULE.name(split="id", rule=rule, stat=stat)
 
@@ -207,13 +215,13 @@ def rule_series(setting: Setting) -> Series:
         if named("mean_loops", rule) in setting.metrics and named("acc", rule) in setting.metrics
     ]
 
-    def text(name: str, rule: str | None) -> str:
+    def text(rule_name: str, rule: str | None) -> str:
         if setting.n == 1:
-            return f"{setting.name}: {name}"
+            return f"{name}: {rule_name}"
         acc, loops = setting.spread[named("acc", rule)], setting.spread[named("mean_loops", rule)]
-        return f"{setting.name}: {name}<br>accuracy {acc.text()}<br>mean loops {loops.text(2)}"
+        return f"{name}: {rule_name}<br>accuracy {acc.text()}<br>mean loops {loops.text(2)}"
 
-    return Series(setting.name, [p[2] for p in points], [p[3] for p in points], [text(n, p) for n, p, _, _ in points])
+    return Series(name, [p[2] for p in points], [p[3] for p in points], [text(n, p) for n, p, _, _ in points])
 
 
 def grid_rules(trial: Trial | Setting) -> dict[str, tuple[str, str]]:

@@ -324,7 +324,7 @@ def test_a_replicated_sweep_draws_one_setting_per_cell_with_its_spread_and_a_sum
     reached = [t.metrics["phase/id/step"] for t in by_setting[1] if "phase/id/step" in t.metrics]
     assert in_distribution.marks[0].text[1].endswith(f"(n={len(reached)} of 3)") and len(reached) < 3
     scatter, grid = halting(sweep).panels
-    assert [series.name for series in scatter.series] == ["replicated-000 ×3", "replicated-001 ×3"]
+    assert [series.name for series in scatter.series] == ["replicated-000 ×3 (φ=3.6, N=32)", "replicated-001 ×3 (φ=2.0, N=64)"]
     assert grid.spread_text is not None and "(n=3)" in grid.spread_text[1][1]
 
     with (tmp_path / "summary.csv").open() as file:
