@@ -32,6 +32,7 @@ from rdt_core.metrics import (
     NULL_CHANCE,
     PATCHING,
     PHASE_STEP,
+    STATE_NORM,
     names_of,
 )
 from rdt_core.report.diagrams import draw_sweep
@@ -48,6 +49,7 @@ DIAGRAMS = {
     "overthinking": ["overthinking"],
     "halting": ["halting"],
     "depth": ["depth"],
+    "injection": ["overthinking"],
 }
 
 
@@ -242,13 +244,16 @@ def phi(sweep: Sweep) -> list[str]:
     )]
 
 
-def overthinking(sweep: Sweep) -> list[str]:
-    """Per trained loop count and hop count: accuracy at the trained loops, at the budget chosen on
-    validation, at the last loop, and the fall from the chosen budget to the last loop, pooled z."""
+def overthinking(sweep: Sweep, param: str = "train.train_loops", title: str = "overthinking") -> list[str]:
+    """Per value of ``param`` (the trained loop count) and hop count: accuracy at the trained loops, at
+    the budget chosen on validation, at the last loop, and the fall from the chosen budget to the last
+    loop, pooled z; the state's norm at the answer position over loops."""
     max_loops = int(next(iter(sweep.trials)).params["model.max_loops"])
-    lines, rows = ["## overthinking", ""], []
-    settings = sorted(by(sweep, "train.train_loops").items(), key=lambda item: int(item[0][0]))
-    for (trained,), setting in settings:
+    lines, rows, norms = [f"## {title}", ""], [], []
+    settings = sorted(by(sweep, param).items(), key=lambda item: sortable(item[0][0]))
+    for (value,), setting in settings:
+        trained = setting.params["train.train_loops"]
+        norms.append([value, *(spread(values(setting, STATE_NORM.name(loop=loop)), 3) for loop in NORM_LOOPS)])
         for hops in hops_of(setting):
             at_trained = values(setting, ACC_HOPS_LOOP.name(split="id", hops=hops, loop=int(trained)))
             chosen = values(setting, ACC_HOPS_CHOSEN.name(split="id", hops=hops))
@@ -257,13 +262,17 @@ def overthinking(sweep: Sweep) -> list[str]:
             n = int(setting.replicates[0].params.get("data.n_test_queries", "128")) * len(fall)
             z = two_proportion_z(statistics.fmean(c for c in chosen if c is not None),
                                  statistics.fmean(l for l in last if l is not None), n) if fall else math.nan
-            rows.append([trained, str(hops), spread(at_trained),
+            rows.append([value, str(hops), spread(at_trained),
                          spread(values(setting, LOOPS_CHOSEN.name(split="id", hops=hops)), 1), spread(chosen),
                          spread(last), spread(fall), f"{z:.1f}",
                          spread(values(setting, NULL.name(split="id", hops=hops, stat="structural")))])
-    lines += table(["trained R", "hops", "at R loops", "loops chosen (id_val)", "at chosen", f"at {max_loops} loops",
+    lines += table([param, "hops", "at R loops", "loops chosen (id_val)", "at chosen", f"at {max_loops} loops",
                     f"fall chosen -> {max_loops}", "z (pooled, conservative)", "structural null"], rows)
-    return lines
+    lines += ["Norm of the state at the answer position after loop t (`state_norm/loop_<t>`):", ""]
+    return lines + table([param, *(f"loop {loop}" for loop in NORM_LOOPS)], norms)
+
+
+NORM_LOOPS = (1, 4, 8, 12, 16, 24)
 
 
 def hops_of(setting: Setting) -> list[int]:
@@ -411,11 +420,14 @@ LINE_FIGURES: dict[str, tuple[str, str, bool, list[tuple[str, int]]]] = {
                      [("id", 2), ("id", 3)]),
     "halting": ("train.loops_sampling", "32 entities, 4 relations, trained on 2 hops", False,
                 [("id", 2), ("id", 3), ("id", 4)]),
+    "injection": ("model.injection", "32 entities, 4 relations, trained on 2 hops, R = 4", False,
+                  [("id", 2), ("id", 3)]),
 }
 
 
 NUMBERS_OF: dict[str, Callable[[Sweep], list[str]]] = {
     "grokking": grokking, "phi": phi, "overthinking": overthinking, "halting": halting, "depth": depth,
+    "injection": lambda sweep: overthinking(sweep, "model.injection", "injection"),
 }
 
 
