@@ -149,7 +149,7 @@ def windows(sweep: Sweep, param: str, spans: list[tuple[int, int]]) -> list[str]
     """Per setting and split, the mean over seeds of the chosen-budget accuracy, averaged over the
     evaluations that fall in each span of steps, with the spread over seeds of those averages."""
     rows = []
-    for (value,), setting in sorted(by(sweep, param).items()):
+    for (value,), setting in sorted(by(sweep, param).items(), key=lambda item: sortable(item[0][0])):
         for split in ("id", "ood"):
             cells = []
             for low, high in spans:
@@ -239,9 +239,11 @@ def phi(sweep: Sweep) -> list[str]:
             spread(values(setting, NULL.name(split="id", hops=2, stat="structural"))),
             spread(values(setting, NULL.name(split="ood", hops=2, stat="structural"))),
         ])
-    return ["## phi", "", *table(
+    lines = ["## phi", "", *table(
         ["phi", "train onset", "id onset", "ood onset", "id (chosen)", "ood (chosen)", "id null", "ood null"], rows
     )]
+    lines += ["Over training, at the budget chosen on validation (mean over seeds, then over the evaluations of a window):", ""]
+    return lines + windows(sweep, "data.inferred_ratio", [(1, 2500), (2501, 5000), (5001, 7500), (7501, 10000)])
 
 
 def overthinking(sweep: Sweep, param: str = "train.train_loops", title: str = "overthinking") -> list[str]:
