@@ -47,9 +47,10 @@ DIAGRAMS = {
     "grokking": ["grokking"],
     "phi": ["grokking"],
     "overthinking": ["overthinking"],
-    "halting": ["halting"],
-    "depth": ["depth"],
+    "overthinking-long": ["overthinking"],
     "injection": ["overthinking"],
+    "depth": ["depth"],
+    "halting": ["halting"],
 }
 
 
@@ -322,9 +323,48 @@ def depth(sweep: Sweep) -> list[str]:
                          spread(values(setting, ACC_PREFIX.name(split="id", hops=hops, kind="trained"))),
                          spread(values(setting, ACC_PREFIX.name(split="id", hops=hops, kind="novel"))),
                          spread(values(setting, NULL.name(split="id", hops=hops, stat="structural")))])
+    hops = sorted({h for setting in keyed.values() for h in hops_of(setting)})
+    wide = [[f"{architecture}, curriculum {curriculum}",
+             *(spread(values(setting, ACC_HOPS_CHOSEN.name(split="id", hops=h)), 2) for h in hops)]
+            for (architecture, curriculum), setting in sorted(keyed.items())]
+    nulls = [Spread.of(v for s in keyed.values() for v in values(s, NULL.name(split="id", hops=h, stat="structural"))
+                       if v is not None) for h in hops]
+    wide.append(["structural null (mean)", *(f"{null.mean:.3f}" for null in nulls)])
     return ["## depth", "", *table(
         ["architecture", "curriculum", "hops", "id (chosen)", "loops chosen", "prefix trained", "prefix novel",
-         "structural null"], rows)]
+         "structural null"], rows), *table(["setting", *(f"{h} hops" for h in hops)], wide)]
+
+
+def hop_curves(sweep: Sweep, params: tuple[str, ...], title: str, path: Path) -> None:
+    """Test accuracy at the budget chosen on validation against the hop count, one line per setting (mean
+    ± one sample std over seeds), the structural null dashed and the trained depth marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6.4, 3.6))
+    for key, setting in sorted(by(sweep, *params).items()):
+        hops = hops_of(setting)
+        cells = [setting.spread[ACC_HOPS_CHOSEN.name(split="id", hops=h)] for h in hops]
+        mean = [cell.mean for cell in cells]
+        std = [cell.std if cell.n > 1 else 0.0 for cell in cells]
+        label = ", ".join(f"{p.rsplit('.', 1)[-1]}={v}" for p, v in zip(params, key))
+        line, = axes.plot(hops, mean, marker="o", label=f"{label} (n={setting.n})")
+        axes.fill_between(hops, [m - d for m, d in zip(mean, std)], [m + d for m, d in zip(mean, std)],
+                          color=line.get_color(), alpha=0.15, linewidth=0)
+    any_setting = sweep.settings[0]
+    hops = hops_of(any_setting)
+    axes.plot(hops, [any_setting.metrics.get(NULL.name(split="id", hops=h, stat="structural"), math.nan) for h in hops],
+              color="grey", linestyle="--", linewidth=0.8, label="structural null")
+    trained = int(any_setting.params.get("data.train_max_hops", "2"))
+    axes.axvline(trained + 0.5, color="grey", linestyle=":", linewidth=0.8)
+    axes.annotate(f"trained up to {trained} hops", (trained + 0.55, 0.95), fontsize=7, color="grey")
+    axes.set(title=title, xlabel="hops", ylabel="test accuracy, loops chosen on validation", ylim=(0, 1.02))
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
 
 
 # --- line figures with the spread over seeds and the nulls, beside the report's heatmaps ----------------
@@ -422,6 +462,7 @@ LINE_FIGURES: dict[str, tuple[str, str, bool, list[tuple[str, int]]]] = {
                      [("id", 2), ("id", 3)]),
     "halting": ("train.loops_sampling", "32 entities, 4 relations, trained on 2 hops", False,
                 [("id", 2), ("id", 3), ("id", 4)]),
+    "overthinking-long": ("train.train_loops", "as overthinking, 6,000 steps", False, [("id", 2), ("id", 3)]),
     "injection": ("model.injection", "32 entities, 4 relations, trained on 2 hops, R = 4", False,
                   [("id", 2), ("id", 3)]),
 }
@@ -429,6 +470,7 @@ LINE_FIGURES: dict[str, tuple[str, str, bool, list[tuple[str, int]]]] = {
 
 NUMBERS_OF: dict[str, Callable[[Sweep], list[str]]] = {
     "grokking": grokking, "phi": phi, "overthinking": overthinking, "halting": halting, "depth": depth,
+    "overthinking-long": lambda sweep: overthinking(sweep, title="overthinking-long"),
     "injection": lambda sweep: overthinking(sweep, "model.injection", "injection"),
 }
 
@@ -453,6 +495,9 @@ def main() -> int:
             if over_training:
                 curves(sweep, param, f"{name}: {title}", out / "curves.png")
             loop_curves(sweep, param, f"{name}: {title}", out / "loops.png", panels)
+        if name == "depth":
+            hop_curves(sweep, ("model.architecture", "train.curriculum"), "depth: trained on 1-4 hops, tested to 8",
+                       out / "hops.png")
         for note in report.notes:
             print(f"note: {name}: {note}", file=sys.stderr)
         chance = next(iter(sweep.trials)).metrics.get(NULL_CHANCE.name())
