@@ -202,25 +202,29 @@ def validation_stopped(sweep: Sweep, setting: Setting, split: str) -> list[float
     return picked
 
 
-def seed_tests(sweep: Sweep, split: str, hops: int) -> list[str]:
+def seed_tests(sweep: Sweep, split: str, hops: int, per_hop: bool = False) -> list[str]:
     """Each trial's final chosen-budget accuracy on ``split`` as a count of its test queries, with the
     one-sided binomial p against its own structural null; then each setting's seeds pooled (counts
-    summed, against the mean of their nulls)."""
+    summed, against the mean of their nulls). ``per_hop``: the accuracy of ``hops``-hop queries alone
+    (else the split's, which is the same where the split holds one hop count)."""
     rows, varying = [], varying_params(sweep.settings)
     for setting in sweep.settings:
         label = ", ".join(f"{key}={setting.params.get(key)}" for key in varying) or "-"
-        found = [(trial.name, c) for trial in setting.replicates if (c := counts(trial, split, hops)) is not None]
+        found = [(trial.name, c) for trial in setting.replicates
+                 if (c := counts(trial, split, hops, per_hop)) is not None]
         if len(found) > 1:
             correct, n = sum(c[0] for _, c in found), sum(c[1] for _, c in found)
             found.append((f"all {len(found)} seeds", (correct, n, statistics.fmean(c[2] for _, c in found))))
         for name, (correct, n, null) in found:
             rows.append([name, label, f"{correct}/{n}", f"{null:.3f}", f"{binomial_upper_p(correct, n, null):.2g}"])
-    return table(["trial", "setting", f"{split} correct (chosen)", "structural null", "binomial p (upper)"], rows)
+    return table(["trial", "setting", f"{split} {hops}-hop correct (chosen)", "structural null", "binomial p (upper)"],
+                 rows)
 
 
-def counts(trial, split: str, hops: int) -> tuple[int, int, float] | None:
+def counts(trial, split: str, hops: int, per_hop: bool) -> tuple[int, int, float] | None:
     """(correct test queries at the chosen budget, test queries, structural null) of one trial."""
-    accuracy = trial.metrics.get(ACC_CHOSEN.name(split=split))
+    key = ACC_HOPS_CHOSEN.name(split=split, hops=hops) if per_hop else ACC_CHOSEN.name(split=split)
+    accuracy = trial.metrics.get(key)
     null = trial.metrics.get(NULL.name(split=split, hops=hops, stat="structural"))
     if accuracy is None or null is None:
         return None
@@ -324,6 +328,8 @@ def depth(sweep: Sweep) -> list[str]:
                          spread(values(setting, ACC_PREFIX.name(split="id", hops=hops, kind="novel"))),
                          spread(values(setting, NULL.name(split="id", hops=hops, stat="structural")))])
     hops = sorted({h for setting in keyed.values() for h in hops_of(setting)})
+    trained = int(sweep.trials[0].params.get("data.train_max_hops", "2"))
+    tests = [line for h in hops if h > trained for line in seed_tests(sweep, "id", h, per_hop=True)]
     wide = [[f"{architecture}, curriculum {curriculum}",
              *(spread(values(setting, ACC_HOPS_CHOSEN.name(split="id", hops=h)), 2) for h in hops)]
             for (architecture, curriculum), setting in sorted(keyed.items())]
@@ -332,7 +338,7 @@ def depth(sweep: Sweep) -> list[str]:
     wide.append(["structural null (mean)", *(f"{null.mean:.3f}" for null in nulls)])
     return ["## depth", "", *table(
         ["architecture", "curriculum", "hops", "id (chosen)", "loops chosen", "prefix trained", "prefix novel",
-         "structural null"], rows), *table(["setting", *(f"{h} hops" for h in hops)], wide)]
+         "structural null"], rows), *table(["setting", *(f"{h} hops" for h in hops)], wide), *tests]
 
 
 def hop_curves(sweep: Sweep, params: tuple[str, ...], title: str, path: Path) -> None:
