@@ -48,7 +48,7 @@ DIAGRAMS = {
     "phi": ["grokking"],
     "overthinking": ["overthinking"],
     "overthinking-long": ["overthinking"],
-    "injection": ["overthinking"],
+    "injection": [],
     "depth": ["depth"],
     "halting": ["halting"],
 }
@@ -462,8 +462,7 @@ def sortable(value: str) -> tuple[float, str]:
 LINE_FIGURES: dict[str, tuple[str, str, bool, list[tuple[str, int]]]] = {
     "grokking": ("model.architecture", "32 entities, 8 relations, a fifth of the facts held out, phi 3", True,
                  [("id", 2), ("ood", 2)]),
-    "phi": ("data.inferred_ratio", "64 entities, 8 relations, a fifth of the facts held out", True,
-            [("id", 2), ("ood", 2)]),
+    "phi": ("data.inferred_ratio", "64 entities, 8 relations, a fifth of the facts held out", True, []),
     "overthinking": ("train.train_loops", "32 entities, 4 relations, trained on 2 hops", False,
                      [("id", 2), ("id", 3)]),
     "halting": ("train.loops_sampling", "32 entities, 4 relations, trained on 2 hops", False,
@@ -500,7 +499,8 @@ def main() -> int:
             param, title, over_training, panels = LINE_FIGURES[name]
             if over_training:
                 curves(sweep, param, f"{name}: {title}", out / "curves.png")
-            loop_curves(sweep, param, f"{name}: {title}", out / "loops.png", panels)
+            if panels:
+                loop_curves(sweep, param, f"{name}: {title}", out / "loops.png", panels)
         if name == "depth":
             hop_curves(sweep, ("model.architecture", "train.curriculum"), "depth: trained on 1-4 hops, tested to 8",
                        out / "hops.png")
