@@ -31,6 +31,7 @@ from rdt_core.metrics import (
     NULL,
     NULL_CHANCE,
     PATCHING,
+    PATCHING_GAP,
     PHASE_STEP,
     STATE_NORM,
     names_of,
@@ -126,12 +127,13 @@ def grokking(sweep: Sweep) -> list[str]:
             spread(validation_stopped(sweep, setting, "ood")),
             spread(values(setting, ACC_ORACLE.name(split="ood"))),
             spread(values(setting, NULL.name(split="ood", hops=2, stat="structural"))),
+            spread(values(setting, NULL.name(split="id", hops=2, stat="structural"))),
             *(reached(setting, PHASE_STEP.name(split=split)) for split in ("train", "id", "ood")),
         ])
     lines += table(
         ["architecture", "train", "id (chosen)", "ood (trained loops)", "ood (chosen)",
          "ood (chosen, at the step best on ood_val)", "ood oracle (test, not a result)", "ood structural null",
-         "train onset", "id onset", "ood onset"],
+         "id structural null", "train onset", "id onset", "ood onset"],
         rows,
     )
     lines += seed_tests(sweep, "ood", 2)
@@ -184,7 +186,10 @@ def inside(sweep: Sweep) -> list[str]:
             for pos in (1, 2) for model in ("patching", "patching_null")]
     lines += ["Activation patching of the state, first relation corrupted, share of the logit gap recovered "
               "(patching_null: a randomly initialised model of the same shape):", ""]
-    return lines + table(["model", "position", *(f"after loop {loop}" for loop in patched)], rows)
+    gaps = [f"{model}: {spread(values(looped, PATCHING_GAP.name(model=model, point='state', hops=2)), 2)}"
+            for model in ("patching", "patching_null")]
+    lines += table(["model", "position", *(f"after loop {loop}" for loop in patched)], rows)
+    return lines + [f"Logit gap between the clean and the corrupted run (the shares' denominator): {'; '.join(gaps)}", ""]
 
 
 def validation_stopped(sweep: Sweep, setting: Setting, split: str) -> list[float | None]:
