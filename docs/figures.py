@@ -48,7 +48,7 @@ DIAGRAMS = {
     "grokking": ["grokking"],
     "phi": ["grokking"],
     "overthinking": ["overthinking"],
-    "overthinking-long": ["overthinking"],
+    "overthinking-long": [],
     "injection": [],
     "depth": ["depth"],
     "halting": ["halting"],
