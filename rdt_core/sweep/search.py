@@ -5,6 +5,7 @@ resumed sweep."""
 from __future__ import annotations
 
 import math
+import threading
 import zlib
 from typing import Any, Callable
 
@@ -245,8 +246,32 @@ def make_sampler(spec: SweepSpec, seed_offset: int = 0) -> optuna.samplers.BaseS
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if kind == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
+        return PicklableNSGAIISampler(seed=seed)
     return SpaceFillingTPESampler(n_trials=spec.trial_count(), design_seed=spec.sampler.seed, seed=seed)
+
+
+class PicklableNSGAIISampler(optuna.samplers.NSGAIISampler):
+    """NSGA-II that survives pickling: Optuna 5.1's genetic samplers hold a ``threading.Lock``, and Ray
+    Tune pickles its searcher (with the sampler) when the tuner starts and at every checkpoint, so a
+    multi-objective sweep failed before its first trial. The lock guards a cache of the current
+    generation; a fresh one after unpickling is what a fresh process would have."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_thread_lock", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._thread_lock = threading.Lock()
+
+
+# A subclass would store its generations under its own name in the study; keep NSGA-II's, so that a
+# study started by the plain sampler resumes with this one and optuna-dashboard reads it the same.
+for _key in ("_GENERATION_KEY", "_PARENT_CACHE_KEY_PREFIX"):
+    if hasattr(optuna.samplers.NSGAIISampler, _key):
+        setattr(PicklableNSGAIISampler, _key, getattr(optuna.samplers.NSGAIISampler, _key))
+del _key
 
 
 def pareto_front(study: optuna.Study) -> list[dict[str, Any]]:

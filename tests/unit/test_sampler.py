@@ -72,6 +72,25 @@ def test_the_sampler_pickles_with_tunes_searcher_state():
     assert draw(smoke_spec(2), 4, sampler) == draw(smoke_spec(2), 4)
 
 
+def test_every_sampler_pickles_and_nsga2_keeps_its_study_keys():
+    """Ray Tune pickles its searcher, sampler included, when the tuner starts: Optuna 5.1's NSGA-II holds
+    a thread lock, which failed every multi-objective sweep before its first trial."""
+    unpickled = {}
+    for kind in ("tpe", "random", "cmaes", "nsga2", "grid"):
+        changes = {"sampler": {"type": kind, "seed": 3}}
+        if kind == "grid":
+            changes |= {"num_samples": 2, "search_space": {"train.lr": {"type": "grid", "values": [0.01, 0.02]}}}
+        sampler = make_sampler(validate_spec({**load_smoke_spec(), **changes}, "smoke.yaml"))
+        unpickled[kind] = pickle.loads(pickle.dumps(sampler))
+        assert type(unpickled[kind]) is type(sampler)
+    nsga2 = unpickled["nsga2"]
+    assert isinstance(nsga2, optuna.samplers.NSGAIISampler)
+    with nsga2._thread_lock:  # a working lock again after unpickling
+        pass
+    for key in ("_GENERATION_KEY", "_PARENT_CACHE_KEY_PREFIX"):  # a study the plain sampler began resumes
+        assert getattr(nsga2, key, None) == getattr(optuna.samplers.NSGAIISampler, key, None)
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_a_resumed_sweeps_new_sampler_goes_on_through_the_same_design(seed, tmp_path):
     """As in a killed sweep (a real Optuna storage, Tune's save and restore of the searcher): trial c was
