@@ -17,7 +17,12 @@ from itertools import combinations
 from pathlib import Path
 from typing import Callable, Iterable
 
-from rdt_core.metrics import (
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from rdt_core.metrics import (  # noqa: E402
     ACC,
     ACC_CHOSEN,
     ACC_HOPS_CHOSEN,
@@ -36,10 +41,10 @@ from rdt_core.metrics import (
     STATE_NORM,
     names_of,
 )
-from rdt_core.report.diagrams import draw_sweep
-from rdt_core.report.export import load_export
-from rdt_core.report.runs import Setting, Spread, Sweep
-from rdt_core.report.summary import varying_params
+from rdt_core.report.diagrams import draw_sweep  # noqa: E402
+from rdt_core.report.export import load_export  # noqa: E402
+from rdt_core.report.runs import Setting, Spread, Sweep  # noqa: E402
+from rdt_core.report.summary import varying_params  # noqa: E402
 
 DOCS = Path(__file__).resolve().parent
 SWEEPS, FIGURES, NUMBERS = DOCS / "sweeps", DOCS / "figures", DOCS / "numbers.md"
@@ -349,21 +354,12 @@ def depth(sweep: Sweep) -> list[str]:
 def hop_curves(sweep: Sweep, params: tuple[str, ...], title: str, path: Path) -> None:
     """Test accuracy at the budget chosen on validation against the hop count, one line per setting (mean
     ± one sample std over seeds), the structural null dashed and the trained depth marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     figure, axes = plt.subplots(figsize=(6.4, 3.6))
     for key, setting in sorted(by(sweep, *params).items()):
         hops = hops_of(setting)
         cells = [setting.spread[ACC_HOPS_CHOSEN.name(split="id", hops=h)] for h in hops]
-        mean = [cell.mean for cell in cells]
-        std = [cell.std if cell.n > 1 else 0.0 for cell in cells]
         label = ", ".join(f"{p.rsplit('.', 1)[-1]}={v}" for p, v in zip(params, key))
-        line, = axes.plot(hops, mean, marker="o", label=f"{label} (n={setting.n})")
-        axes.fill_between(hops, [m - d for m, d in zip(mean, std)], [m + d for m, d in zip(mean, std)],
-                          color=line.get_color(), alpha=0.15, linewidth=0)
+        band(axes, hops, cells, 0.15, marker="o", label=f"{label} (n={setting.n})")
     any_setting = sweep.settings[0]
     hops = hops_of(any_setting)
     axes.plot(hops, [any_setting.metrics.get(NULL.name(split="id", hops=h, stat="structural"), math.nan) for h in hops],
@@ -373,9 +369,7 @@ def hop_curves(sweep: Sweep, params: tuple[str, ...], title: str, path: Path) ->
     axes.annotate(f"trained up to {trained} hops", (trained + 0.55, 0.95), fontsize=7, color="grey")
     axes.set(title=title, xlabel="hops", ylabel="test accuracy, loops chosen on validation", ylim=(0, 1.02))
     axes.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save(figure, path)
 
 
 # --- line figures with the spread over seeds and the nulls, beside the report's heatmaps ----------------
@@ -385,11 +379,6 @@ def curves(sweep: Sweep, param: str, title: str, path: Path) -> None:
     """Accuracy over training at the budget chosen on validation (train: at the trained loops), one
     panel per split, one line per value of ``param`` (mean over seeds, band: ± one sample std), the
     split's structural null (mean over seeds) dashed and chance dotted."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     splits = [split for split in ("train", "id", "ood") if ACC.name(split=split) in sweep.trials[0].metrics]
     figure, panels = plt.subplots(1, len(splits), figsize=(4.2 * len(splits), 3.4), sharey=True, squeeze=False)
     settings = sorted(by(sweep, param).items(), key=lambda item: sortable(item[0][0]))
@@ -398,11 +387,8 @@ def curves(sweep: Sweep, param: str, title: str, path: Path) -> None:
         for (value,), setting in settings:
             history = sweep.setting_history(setting, key)
             steps = sorted(history)
-            mean = [history[step].mean for step in steps]
-            std = [history[step].std if history[step].n > 1 else 0.0 for step in steps]
-            line, = axes.plot(steps, mean, label=f"{param.rsplit('.', 1)[-1]} = {value} (n={setting.n})")
-            axes.fill_between(steps, [m - d for m, d in zip(mean, std)], [m + d for m, d in zip(mean, std)],
-                              color=line.get_color(), alpha=0.2, linewidth=0)
+            line = band(axes, steps, [history[step] for step in steps], 0.2,
+                        label=f"{param.rsplit('.', 1)[-1]} = {value} (n={setting.n})")
             null = Spread.of(v for v in values(setting, NULL.name(split=split, hops=2, stat="structural")) if v is not None)
             if split != "train" and null.n:
                 axes.axhline(null.mean, color=line.get_color(), linestyle="--", linewidth=0.8)
@@ -414,20 +400,13 @@ def curves(sweep: Sweep, param: str, title: str, path: Path) -> None:
     panels[0][0].set_ylabel("test accuracy (mean ± std over seeds)")
     panels[0][-1].legend(fontsize=7, title="dashed: structural null; dotted: chance", title_fontsize=7)
     figure.suptitle(title, fontsize=10)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save(figure, path)
 
 
 def loop_curves(sweep: Sweep, param: str, title: str, path: Path, panels: list[tuple[str, int]]) -> None:
     """Final test accuracy over inference loops, one panel per (split, hop count), one line per value of
     ``param`` (mean ± one sample std over seeds), each line's structural null dashed and its loop budget
     chosen on validation dotted (means over seeds)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     figure, grid = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.4), sharey=True, squeeze=False)
     settings = sorted(by(sweep, param).items(), key=lambda item: sortable(item[0][0]))
     for axes, (split, hops) in zip(grid[0], panels):
@@ -435,11 +414,8 @@ def loop_curves(sweep: Sweep, param: str, title: str, path: Path, panels: list[t
             loops = sorted(v["loop"] for v in names_of(ACC_HOPS_LOOP, setting.metrics).values()
                            if (v["split"], v["hops"]) == (split, hops))
             cells = [setting.spread[ACC_HOPS_LOOP.name(split=split, hops=hops, loop=loop)] for loop in loops]
-            mean = [cell.mean for cell in cells]
-            std = [cell.std if cell.n > 1 else 0.0 for cell in cells]
-            line, = axes.plot(loops, mean, marker=".", label=f"{param.rsplit('.', 1)[-1]} = {value} (n={setting.n})")
-            axes.fill_between(loops, [m - d for m, d in zip(mean, std)], [m + d for m, d in zip(mean, std)],
-                              color=line.get_color(), alpha=0.2, linewidth=0)
+            line = band(axes, loops, cells, 0.2, marker=".",
+                        label=f"{param.rsplit('.', 1)[-1]} = {value} (n={setting.n})")
             chosen = setting.spread.get(LOOPS_CHOSEN.name(split=split, hops=hops))
             if chosen and chosen.n:
                 axes.axvline(chosen.mean, color=line.get_color(), linestyle=":", linewidth=0.8)
@@ -450,6 +426,20 @@ def loop_curves(sweep: Sweep, param: str, title: str, path: Path, panels: list[t
     grid[0][0].set_ylabel("accuracy (mean ± std over seeds)")
     grid[0][-1].legend(fontsize=7, title="dashed: structural null; dotted: loops chosen", title_fontsize=7)
     figure.suptitle(title, fontsize=10)
+    save(figure, path)
+
+
+def band(axes, x: list, cells: list[Spread], alpha: float, **style):
+    """A line of the cells' means with a band of ± one sample std (none for one seed); returns the line."""
+    mean = [cell.mean for cell in cells]
+    std = [cell.std if cell.n > 1 else 0.0 for cell in cells]
+    line, = axes.plot(x, mean, **style)
+    axes.fill_between(x, [m - d for m, d in zip(mean, std)], [m + d for m, d in zip(mean, std)],
+                      color=line.get_color(), alpha=alpha, linewidth=0)
+    return line
+
+
+def save(figure, path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
