@@ -12,6 +12,7 @@ import copy
 from pathlib import Path
 from typing import Any, Literal, Mapping, get_args
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 
@@ -48,6 +49,41 @@ def read_utf8_file(path: Path, what: str = "file") -> str:
         raise ConfigError(
             line_and_column(before, len(before)), f"not UTF-8 text (byte 0x{data[error.start]:02x}); save it as UTF-8"
         ) from None
+
+
+def read_yaml_mapping(path: Path, what: str = "file") -> dict[str, Any] | None:
+    """The mapping a YAML file holds (None for an empty file), read as sweep specs and single-run configs
+    both are: every problem is a ``ConfigError`` keyed by where it is (``(file)``, ``line L, column C``,
+    ``(top level)``), so each command prints it as one line naming the file."""
+    text = read_utf8_file(path, what)
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.reader.ReaderError as error:  # a character YAML does not allow: no mark, a position
+        raise ConfigError(line_and_column(text, error.position), f"invalid YAML: {error.reason}") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(top level)"
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(where, f"invalid YAML: {problem}") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise ConfigError("(top level)", "invalid YAML: nested too deeply") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError("(top level)", f"expected a mapping of keys, got {type(raw).__name__}")
+    return raw
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``--set KEY=VALUE`` as (dotted key, value read as YAML), the one reading of every command's ``--set``;
+    a problem is a ``ConfigError`` keyed ``--set KEY``."""
+    key, separator, text = item.partition("=")
+    if not separator or not key:
+        raise ConfigError(f"--set {item}", "expected KEY=VALUE")
+    if "" in key.split("."):
+        raise ConfigError(f"--set {key}", "an empty part in the dotted key")
+    try:
+        return key, yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError):
+        raise ConfigError(f"--set {key}", "the value is not valid YAML") from None
 
 
 def line_and_column(text: str, position: int) -> str:

@@ -26,7 +26,7 @@ from torch import nn
 
 from rdt_core.config import ExperimentConfig, ModelConfig
 from rdt_core.data.tokens import Vocabulary
-from rdt_core.model.hooks import Hook, run_hook
+from rdt_core.model.hooks import Hook, check_hook_points, run_hook
 
 
 class Rotary(nn.Module):
@@ -128,8 +128,10 @@ class RecurrentDepthTransformer(nn.Module):
 
         ``every_loop=False`` reads out the last loop only: (1, B, n_entities), for a final-loop loss
         without paying for every readout. ``backprop_loops=k`` detaches the state before the last k
-        loops (truncated backpropagation through depth). ``hook`` sees every named hook point.
+        loops (truncated backpropagation through depth). ``hook`` sees every named hook point
+        (``hook_names``); one that declares the points it acts on is refused if any is not among them.
         """
+        check_hook_points(hook, self.hook_names(n_loops, every_loop) if hook is not None else [])
         injected, attn_mask = self.encode(tokens, hook)
         state = torch.zeros_like(injected)  # (B, T, D)
         logits_by_loop = []
@@ -143,6 +145,20 @@ class RecurrentDepthTransformer(nn.Module):
             if every_loop or loop == n_loops:
                 logits_by_loop.append(self.readout(state, attn_mask, loop, hook))
         return torch.stack(logits_by_loop)
+
+    def hook_names(self, n_loops: int, every_loop: bool = True) -> list[str]:
+        """The hook points a forward to ``n_loops`` passes, in the order it passes them (the module
+        docstring of ``rdt_core.model.hooks`` says what each holds)."""
+        names = ["embed", *(f"prelude.{index}" for index in range(len(self.prelude)))]
+        for loop in range(1, n_loops + 1):
+            if self.is_looped or loop <= len(self.core):
+                if self.reinjects or loop == 1:
+                    names.append(f"loop.{loop}.injected")
+                names.append(f"loop.{loop}.resid_pre")
+            names.append(f"loop.{loop}.resid_post")
+            if every_loop or loop == n_loops:
+                names += [f"coda.{loop}.{index}" for index in range(len(self.coda))]
+        return names
 
     def encode(self, tokens: torch.Tensor, hook: Hook | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The injected input and the attention mask: tokens (B, T) -> (B, T, D), (B, 1, T, T)."""

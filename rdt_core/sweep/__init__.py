@@ -1,4 +1,4 @@
-"""Sweeps: the spec schema, Ray Tune / Ray Train / Optuna wiring and MLflow tracking.
+"""Sweeps: the spec schema and the Ray Tune / Ray Train / Optuna wiring, tracked through ``rdt_core.tracking``.
 
-The only layer that imports Ray, Optuna and MLflow. ``spec`` is importable without starting anything.
+The only layer that imports Ray and Optuna. ``spec`` is importable without starting anything.
 """

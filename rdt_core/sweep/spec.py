@@ -13,7 +13,6 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, Union
 
-import yaml
 from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from rdt_core.config import (
@@ -22,8 +21,8 @@ from rdt_core.config import (
     StrictModel,
     config_error_from,
     flatten,
-    line_and_column,
-    read_utf8_file,
+    parse_override,
+    read_yaml_mapping,
     set_dotted,
 )
 from rdt_core.data.queries import build_splits
@@ -293,65 +292,38 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> SweepSpec
     """Read, parse, override (``--set key=value`` items) and validate the spec at ``path``; any problem
     is a one-line :class:`SpecError`."""
     path = Path(path)
-    text = read_spec_text(path)
     try:
-        raw = yaml.safe_load(text)
-    except yaml.reader.ReaderError as error:  # a character YAML does not allow: no mark, a position
-        raise SpecError(f"{path}: {line_and_column(text, error.position)}: invalid YAML: {error.reason}") from None
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(top level)"
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise SpecError(f"{path}: {where}: invalid YAML: {problem}") from None
-    except RecursionError:  # PyYAML composes nested collections recursively
-        raise SpecError(f"{path}: (top level): invalid YAML: nested too deeply") from None
-    if raw is None:
-        raise SpecError(f"{path}: (top level): the spec is empty; it needs at least a name")
-    if not isinstance(raw, dict):
-        raise SpecError(f"{path}: (top level): expected a mapping of keys, got {type(raw).__name__}")
-    for item in overrides or []:
-        apply_override(raw, item, path)
+        raw = read_yaml_mapping(path, "spec file")
+        if raw is None:
+            raise ConfigError("(top level)", "the spec is empty; it needs at least a name")
+        for item in overrides or []:
+            apply_override(raw, *parse_override(item))
+    except ConfigError as error:  # the file as a whole is named by its path alone
+        raise SpecError(f"{path}: {error.message if error.key == '(file)' else error}") from None
     return validate_spec(raw, path)
 
 
-def read_spec_text(path: Path) -> str:
-    """The spec's text, read as UTF-8 (``rdt_core.config.read_utf8_file``), its problem a ``SpecError``."""
-    try:
-        return read_utf8_file(path, "spec file")
-    except ConfigError as error:  # the file as a whole is named by its path alone, as before
-        raise SpecError(f"{path}: {error.message if error.key == '(file)' else error}") from None
-
-
-def apply_override(raw: dict[str, Any], item: str, path: Path) -> None:
-    """``KEY=VALUE`` with a dotted spec key (``base.train.steps=100``, ``num_samples=2``); the value is
-    read as YAML. Under ``search_space`` the config key keeps its dots: ``search_space.train.lr.high=0.1``
-    sets one bound, ``search_space.train.lr={type: choice, values: [0.01]}`` the whole entry."""
-    key, separator, text = item.partition("=")
-    if not separator or not key:
-        raise SpecError(f"{path}: --set {item}: expected KEY=VALUE")
-    if "" in key.split("."):
-        raise SpecError(f"{path}: --set {key}: an empty part in the dotted key")
-    try:
-        value = yaml.safe_load(text)
-    except (yaml.YAMLError, RecursionError):
-        raise SpecError(f"{path}: --set {key}: the value is not valid YAML") from None
+def apply_override(raw: dict[str, Any], key: str, value: Any) -> None:
+    """``--set`` of a dotted spec key (``base.train.steps``, ``num_samples``). Under ``search_space`` the
+    config key keeps its dots: ``search_space.train.lr.high=0.1`` sets one bound of an entry,
+    ``search_space.train.lr={type: choice, values: [0.01]}`` the whole entry, a new one included."""
     if key.startswith("search_space."):
         space = raw.setdefault("search_space", {})
         if not isinstance(space, dict):
-            raise SpecError(f"{path}: search_space: expected a mapping of search keys, got {type(space).__name__}")
+            raise ConfigError("search_space", f"expected a mapping of search keys, got {type(space).__name__}")
         entry_key = key.removeprefix("search_space.")
-        if entry_key not in space and "." in entry_key:
-            entry_key, field = entry_key.rsplit(".", 1)
-            if not isinstance(space.get(entry_key), dict):
-                raise SpecError(f"{path}: --set {key}: no search_space entry {entry_key!r} to change")
-            space[entry_key][field] = value
-        else:
+        if entry_key in space or isinstance(value, dict) or "." not in entry_key:
             space[entry_key] = value
+            return
+        entry_key, field = entry_key.rsplit(".", 1)
+        if not isinstance(space.get(entry_key), dict):
+            raise ConfigError(f"--set {key}", f"no search_space entry {entry_key!r} to change")
+        space[entry_key][field] = value
         return
     try:
         set_dotted(raw, key, value)
     except ConfigError as error:
-        raise SpecError(f"{path}: --set {key}: {error}") from None
+        raise ConfigError(f"--set {key}", str(error)) from None
 
 
 def validate_spec(raw: dict[str, Any], path: str | Path) -> SweepSpec:

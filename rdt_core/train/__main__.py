@@ -17,10 +17,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-import yaml
 from tqdm import tqdm
 
-from rdt_core.config import ConfigError, ExperimentConfig, read_utf8_file
+from rdt_core.config import ConfigError, ExperimentConfig, parse_override, read_yaml_mapping
+from rdt_core.data.queries import build_splits
 from rdt_core.metrics import ACC, LOSS
 from rdt_core.tracking.reports import log_evaluation, log_final
 from rdt_core.train import CHECKPOINT_FILE, train_worker
@@ -29,18 +29,12 @@ SHOWN = [LOSS.name(split="train"), *(ACC.name(split=split) for split in ("train"
 
 
 def parse_config(path: Path, overrides: list[str]) -> ExperimentConfig:
-    text = read_utf8_file(path, "config file")
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError("(file)", f"invalid YAML: {str(error).splitlines()[0]}") from None
-    values = {}
-    for item in overrides:
-        key, separator, value = item.partition("=")
-        if not separator:
-            raise ConfigError(item, "--set takes KEY=VALUE")
-        values[key] = yaml.safe_load(value)
-    return ExperimentConfig.from_dict(raw, values)
+    """The config file with its ``--set`` overrides, validated, and its graph's splits built once, so that
+    a graph too small for its splits is refused here in one line, as a sweep refuses it."""
+    raw = read_yaml_mapping(path, "config file") or {}
+    config = ExperimentConfig.from_dict(raw, dict(parse_override(item) for item in overrides))
+    build_splits(config.data)
+    return config
 
 
 def main(argv: list[str] | None = None) -> int:

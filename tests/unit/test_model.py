@@ -3,7 +3,7 @@ import torch
 
 from rdt_core.config import ExperimentConfig, ModelConfig
 from rdt_core.data.tokens import Vocabulary
-from rdt_core.model import ActivationCache, RecurrentDepthTransformer, build_model, patch_position
+from rdt_core.model import ActivationCache, PositionPatch, RecurrentDepthTransformer, UnknownHookPoint, build_model
 
 VOCAB = Vocabulary(n_entities=16, n_relations=3)
 
@@ -65,8 +65,28 @@ def test_hook_points_carry_the_loop_index_and_a_cached_state_patched_back_change
     clean = model(queries(), 3, hook=cache)
     assert {f"loop.{t}.resid_post" for t in (1, 2, 3)} <= set(cache.activations)
     assert not torch.allclose(cache["loop.1.resid_post"], cache["loop.2.resid_post"])
-    patched = model(queries(), 3, hook=patch_position("loop.2.resid_post", 2, cache["loop.2.resid_post"]))
+    patched = model(queries(), 3, hook=PositionPatch("loop.2.resid_post", 2, cache["loop.2.resid_post"]))
     assert torch.equal(clean, patched)
+
+
+@pytest.mark.parametrize("architecture", ["looped", "vanilla", "unshared"])
+@pytest.mark.parametrize("every_loop", [True, False])
+def test_the_model_lists_the_hook_points_its_forward_passes_in_order(architecture, every_loop):
+    model = baseline(architecture, n_prelude_layers=1, n_coda_layers=2)
+    passed: list[str] = []
+    model(queries(), 5, every_loop=every_loop, hook=lambda name, x: passed.append(name))
+    assert model.hook_names(5, every_loop) == passed
+    assert "loop.5.resid_post" in passed and ("coda.1.1" in passed) == every_loop
+
+
+def test_a_hook_naming_an_unknown_point_is_refused_with_the_known_ones(model):
+    source = torch.zeros(len(queries()), 5, 16)
+    for hook in (PositionPatch("loop.2.resid_pots", 2, source), ActivationCache(points=["loop.4.resid_post"])):
+        with pytest.raises(UnknownHookPoint, match=r"unknown hook point 'loop\.(2\.resid_pots|4\.resid_post)'.*loop\.3\.resid_post"):
+            model(queries(), 3, hook=hook)
+    named = ActivationCache(points=["loop.3.resid_post"])
+    model(queries(), 3, hook=named)
+    assert list(named.activations) == ["loop.3.resid_post"]
 
 
 def test_hook_can_replace_an_activation(model):

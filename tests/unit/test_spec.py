@@ -186,6 +186,12 @@ def test_set_overrides_spec_keys_and_search_bounds(tmp_path):
     assert spec.search_space["train.train_loops"].values == [3]
 
 
+def test_set_adds_a_search_space_entry_by_its_dotted_config_key():
+    spec = load_spec(REPO_ROOT / "sweeps" / "smoke.yaml",
+                     ["search_space.train.loops_sampling={type: choice, values: [fixed, poisson]}"])
+    assert spec.search_space["train.loops_sampling"].values == ["fixed", "poisson"]
+
+
 @pytest.mark.parametrize(
     "item, key",
     [("num_samples=-1", "num_samples"), ("base.train.nope=1", "base.train.nope"),

@@ -47,7 +47,9 @@ def test_one_run_logs_config_headline_metrics_tables_and_checkpoint(tmp_path):
 @pytest.mark.parametrize(
     "content, args, key",
     [("train: {stepz: 3}\n", [], "train.stepz"), ("{}\n", ["--set", "model.d_model=wide"], "model.d_model"),
-     ("train: [1\n", [], "invalid YAML"), (b"train: {steps: 3}\n\xff\n", [], "line 2, column 1: not UTF-8")],
+     ("train: [1\n", [], "invalid YAML"), (b"train: {steps: 3}\n\xff\n", [], "line 2, column 1: not UTF-8"),
+     ("data: {n_entities: 16, n_relations: 2}\n", [], "data.inferred_ratio: only 64 distinct 2-hop id queries"),
+     ("- train\n", [], "(top level): expected a mapping")],
 )
 def test_invalid_config_exits_2_naming_the_key_and_logs_nothing(tmp_path, content, args, key):
     config = tmp_path / "bad.yaml"
