@@ -2,8 +2,10 @@
 
 A checkpoint directory taken mid-training holds ``CHECKPOINT_FILE`` (the config and the weights) and
 ``TRAINING_STATE_FILE`` (optimizer, random streams, progress); the final one holds ``CHECKPOINT_FILE``
-alone, with the final report inside it. Every file is written under a scratch name and renamed, so a
-process killed mid-write leaves the old file or none, never a half-written one.
+alone, with the final report inside it. A run of ``train.replicas`` K > 1 writes the same files: its
+weights stacked (K, ...) under the plain model's keys, a batch stream and a progress per replica. Every
+file is written under a scratch name and renamed, so a process killed mid-write leaves the old file or
+none, never a half-written one.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from rdt_core.config import ExperimentConfig
 from rdt_core.data.tokens import Vocabulary
 from rdt_core.model.transformer import RecurrentDepthTransformer, build_model
 from rdt_core.train.devices import rank_and_world_size
+from rdt_core.train.replicas import replica_config
 
 # A reporter takes a report's metrics and the checkpoint directory that goes with it (or None).
 Reporter = Callable[[dict[str, float], "Path | None"], None]
@@ -67,19 +70,22 @@ def save_training_state(
     model: RecurrentDepthTransformer,
     config: ExperimentConfig,
     optimizer: torch.optim.Optimizer,
-    batch_generator: torch.Generator,
+    batch_generators: list[torch.Generator],
     loop_generator: torch.Generator,
-    progress: dict[str, Any],
+    progress: list[dict[str, Any]],
 ) -> Path | None:
     """A resumable checkpoint in ``directory``, written by rank 0 (its path), or None on other ranks.
 
-    Every worker's batch stream is gathered first, so that each resumes its own.
+    ``batch_generators`` and ``progress`` hold one entry per replica (one for a single run). Every
+    worker's batch streams are gathered first, so that each resumes its own: they are kept worker-major,
+    one list of workers x replicas. A single run keeps its progress as one dict, as it always has.
     """
     rank, world_size = rank_and_world_size()
-    batch_streams = [batch_generator.get_state()]
+    batch_streams = [generator.get_state() for generator in batch_generators]
     if world_size > 1:
-        batch_streams = [None] * world_size
-        dist.all_gather_object(batch_streams, batch_generator.get_state())
+        by_worker: list[Any] = [None] * world_size
+        dist.all_gather_object(by_worker, batch_streams)
+        batch_streams = [stream for streams in by_worker for stream in streams]
     if rank != 0:
         return None
     save_checkpoint(model, config, directory)
@@ -87,7 +93,7 @@ def save_training_state(
         "optimizer": optimizer.state_dict(),
         "batch_streams": batch_streams,
         "loop_stream": loop_generator.get_state(),
-        "progress": progress,
+        "progress": progress[0] if len(progress) == 1 else progress,
     }
     save_atomically(state, directory / TRAINING_STATE_FILE)
     return directory
@@ -116,23 +122,28 @@ def restore_training_state(
     directory: Path,
     model: RecurrentDepthTransformer,
     optimizer: torch.optim.Optimizer,
-    batch_generator: torch.Generator,
+    batch_generators: list[torch.Generator],
     loop_generator: torch.Generator,
-) -> dict[str, Any]:
-    """Load a checkpoint of ``save_training_state`` into the live objects; returns where training stood."""
+) -> list[dict[str, Any]]:
+    """Load a checkpoint of ``save_training_state`` into the live objects; returns where each replica's
+    training stood."""
     rank, world_size = rank_and_world_size()
+    n_replicas = len(batch_generators)
     device = next(model.parameters()).device
     model.load_state_dict(torch.load(directory / CHECKPOINT_FILE, map_location=device, weights_only=True)["model"])
     state = torch.load(directory / TRAINING_STATE_FILE, map_location="cpu", weights_only=True)
-    if len(state["batch_streams"]) != world_size:
+    if len(state["batch_streams"]) != world_size * n_replicas:
         raise ValueError(
-            f"{directory}: saved by {len(state['batch_streams'])} workers, resumed by {world_size}; "
-            "resume with the same workers_per_trial"
+            f"{directory}: saved {len(state['batch_streams'])} batch streams, resumed by {world_size} workers "
+            f"x {n_replicas} replicas; resume with the same workers_per_trial and train.replicas"
         )
     optimizer.load_state_dict(state["optimizer"])
-    batch_generator.set_state(state["batch_streams"][rank])
-    loop_generator.set_state(state["loop_stream"])
-    return state["progress"]
+    for replica, generator in enumerate(batch_generators):
+        generator.set_state(state["batch_streams"][rank * n_replicas + replica])
+    if "loop_stream" in state:  # replica checkpoints of older versions have none: their R is fixed
+        loop_generator.set_state(state["loop_stream"])
+    progress = state["progress"]
+    return [progress] if isinstance(progress, dict) else progress
 
 
 def read_checkpoint_config(source: Path | BinaryIO) -> ExperimentConfig:
@@ -150,9 +161,7 @@ def load_checkpoint(
     weights = state["model"]
     if config.train.replicas > 1:
         weights = {name: tensor[replica] for name, tensor in weights.items()}
-        config = ExperimentConfig.from_dict(
-            state["config"], {"train.seed": config.train.seed + replica, "train.replicas": 1}
-        )
+        config = replica_config(config, replica)
     model = build_model(config, Vocabulary(config.data.n_entities, config.data.n_relations))
     model.load_state_dict(weights)
     return config, model.to(device or "cpu").eval()

@@ -1,14 +1,22 @@
-"""``train_worker(config, reporter)``: the training loop every trial runs, with or without Ray.
+"""``train_worker(config, reporter)``: the training loop every trial runs, with or without Ray, for
+K >= 1 models (``train.replicas``).
 
-The loop knows a reporter (any callable taking a metrics dict), not Ray or MLflow: a Tune trial passes
-``ray.tune.report``, a Ray Train worker ``ray.train.report``, a test a list's ``append``. When
-``torch.distributed`` is initialised (Ray Train's TorchTrainer does so), the model is wrapped in
-DistributedDataParallel and the global batch is split across the workers.
+The loop knows a reporter (any callable taking a metrics dict and a checkpoint directory), not Ray or
+MLflow: a Tune trial passes ``ray.tune.report``, a Ray Train worker ``ray.train.report``, a test a
+function that keeps the metrics in a list. When ``torch.distributed`` is initialised (Ray Train's
+TorchTrainer does so), the model is wrapped in DistributedDataParallel and the global batch is split
+across the workers.
+
+K models are one loop, not two: the loop keeps each replica's own state (config, batch stream,
+curriculum, progress, report) in lists of length K, and :class:`TrainedModels` chooses what trains: the
+plain model for K = 1, exactly as a single run always trained, or one ``StackedTransformer`` holding the
+K replicas for K > 1 (see ``rdt_core.train.replicas`` for what a replica is).
 
 Reported every ``eval_every`` steps: ``loss/train``, ``lr``, the loop count of the step, the evaluation
 metrics of ``rdt_core.eval`` and the grokking phases reached so far. The last report adds the summary:
 the whole halting grid, the logit lens, activation patching, time and size, and the finished marker
-(``rdt_core.metrics.FINISHED``). Every name comes from ``rdt_core.metrics``.
+(``rdt_core.metrics.FINISHED``). Every name comes from ``rdt_core.metrics``; K > 1 reports the
+replicas' combined (``rdt_core.train.replicas.combine``).
 """
 
 from __future__ import annotations
@@ -24,11 +32,13 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from rdt_core.config import ExperimentConfig
+from rdt_core.config import ConfigError, ExperimentConfig
 from rdt_core.data.queries import QuerySet, build_splits
+from rdt_core.data.tokens import Vocabulary
 from rdt_core import metrics as names
 from rdt_core.eval import evaluate
-from rdt_core.model.transformer import build_model
+from rdt_core.model.stacked import StackedTransformer, clip_per_replica
+from rdt_core.model.transformer import RecurrentDepthTransformer, build_model
 from rdt_core.train.analysis import device_eval_sets, final_analysis
 from rdt_core.train.checkpoints import (
     Reporter,
@@ -40,6 +50,7 @@ from rdt_core.train.checkpoints import (
 )
 from rdt_core.train.compiling import CompiledOrEager
 from rdt_core.train.devices import pick_device, rank_and_world_size
+from rdt_core.train.replicas import combine, replica_config
 
 
 def learning_rate_at(step: int, config: ExperimentConfig) -> float:
@@ -160,13 +171,63 @@ class Progress:
     curriculum_max_hops: int | None = None
 
 
+class TrainedModels:
+    """The model choice of a run of K models: the one model the optimizer steps (``trained``), what a
+    training step calls (``network``: it, maybe under DistributedDataParallel or torch.compile), and the
+    K plain models that evaluation and the final analysis measure (``measured()``).
+
+    K = 1: the plain model is all three, as a single run has always trained it. K > 1: the K plain models,
+    each with the initial weights its own run would draw, are fused into a ``StackedTransformer``; they
+    stay as the measured copies, refreshed from it when measured. Data-parallel workers train K = 1 only.
+    """
+
+    def __init__(self, configs: list[ExperimentConfig], vocab: Vocabulary, device: torch.device, world_size: int):
+        self.plain: list[RecurrentDepthTransformer] = []
+        for config in configs:
+            torch.manual_seed(config.train.seed)  # the replica's own initial weights, identical on every worker
+            self.plain.append(build_model(config, vocab).to(device))
+        self.stacked = len(self.plain) > 1
+        self.trained = StackedTransformer(self.plain).to(device) if self.stacked else self.plain[0]
+        network = DistributedDataParallel(self.trained) if world_size > 1 else self.trained
+        self.network = CompiledOrEager(network) if configs[0].train.compile else network
+
+    def clip_gradients(self, max_norm: float) -> None:
+        """Each replica's gradient clipped to ``max_norm`` on its own norm."""
+        if self.stacked:
+            clip_per_replica(list(self.trained.parameters()), max_norm)
+        else:
+            torch.nn.utils.clip_grad_norm_(self.trained.parameters(), max_norm)
+
+    def measured(self) -> list[RecurrentDepthTransformer]:
+        """The K plain models, holding the trained weights as they are now."""
+        if self.stacked:
+            for replica, model in enumerate(self.plain):
+                model.load_state_dict(self.trained.replica_state(replica))
+        return self.plain
+
+
+def replica_losses(logits: torch.Tensor, answers: torch.Tensor, n_replicas: int) -> torch.Tensor:
+    """Each replica's cross-entropy, averaged over the loops read out and its slice of the batch:
+    logits (L, K * B, E) and answers (K * B,), replica-major -> (K,).
+
+    One replica takes ``F.cross_entropy``'s own mean, as a single run always has: it sums in another
+    order than ``Tensor.mean`` and would change the last bit of the reported loss (not the gradient).
+    """
+    flat_logits, flat_answers = logits.flatten(0, 1).float(), answers.repeat(len(logits))  # (L * K * B, E), (L * K * B,)
+    if n_replicas == 1:
+        return F.cross_entropy(flat_logits, flat_answers).unsqueeze(0)  # (1,)
+    per_query = F.cross_entropy(flat_logits, flat_answers, reduction="none")  # (L * K * B,)
+    return per_query.view(len(logits), n_replicas, -1).mean((0, 2))  # (K,)
+
+
 def train_worker(
     config: ExperimentConfig,
     reporter: Reporter,
     checkpoint_dir: Path | None = None,
     resume_from: Path | None = None,
 ) -> dict[str, float]:
-    """Train one model, reporting metrics every ``eval_every`` steps and a summary at the end.
+    """Train ``train.replicas`` models (one, usually), reporting metrics every ``eval_every`` steps and a
+    summary at the end.
 
     With ``checkpoint_dir``, rank 0 writes a resumable checkpoint every ``train.checkpoint_every`` steps
     (a subdirectory holding ``CHECKPOINT_FILE`` and ``TRAINING_STATE_FILE``) and passes it with that
@@ -175,62 +236,62 @@ def train_worker(
     final report. With ``resume_from`` (such a subdirectory), training continues after its step exactly
     as if it had never stopped: on CPU, to the same metrics. A run resumed from its final checkpoint (its
     process died after its final report) sends that report again at once. Returns the summary.
-    ``train.replicas`` > 1 trains that many models at once (``rdt_core.train.replicas``).
     """
     started = time.perf_counter()
     rank, world_size = rank_and_world_size()
     if resume_from is not None and (final := read_final_report(Path(resume_from))) is not None:
         return report_again(final, Path(resume_from), reporter, checkpoint_dir if rank == 0 else None)
-    if config.train.replicas > 1:
-        from rdt_core.train.replicas import train_replicas  # imported here: it builds on this module
-
-        return train_replicas(config, reporter, checkpoint_dir, resume_from)
+    n_replicas = config.train.replicas
+    if n_replicas > 1 and world_size > 1:
+        raise ConfigError("train.replicas", "replicas > 1 trains on one worker: set resources.workers_per_trial to 1")
     device = pick_device()
-    torch.manual_seed(config.train.seed)  # identical initial weights on every worker
+    configs = [replica_config(config, replica) for replica in range(n_replicas)]
+    seeds = [replica.train.seed for replica in configs]
 
     splits = build_splits(config.data)
     train_set = splits.train.to(device)
-    eval_sets = device_eval_sets(splits, config, device)
-    model = build_model(config, splits.vocab).to(device)
-    network = DistributedDataParallel(model) if world_size > 1 else model
-    if config.train.compile:
-        network = CompiledOrEager(network)
-    optimizer = make_optimizer(model.parameters(), config, device)
-    # Each worker draws its own share of the global batch from its own stream.
-    batch_generator = torch.Generator(device).manual_seed(config.train.seed * 1_000_003 + rank)
+    eval_sets = [device_eval_sets(splits, replica, device) for replica in configs]  # each its own training sample
+    models = TrainedModels(configs, splits.vocab, device, world_size)
+    optimizer = make_optimizer(models.trained.parameters(), config, device)  # elementwise: K optimizers in one
+    # Each replica on each worker draws its own share of the global batch from its own stream.
+    batch_generators = [torch.Generator(device).manual_seed(seed * 1_000_003 + rank) for seed in seeds]
     worker_batch = max(1, config.train.batch_size // world_size)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    sample_loops = LoopSampler(config)
-    curriculum = Curriculum(config, train_set)
+    sample_loops = LoopSampler(config)  # one depth for all replicas: the config refuses sampled R with K > 1
+    curricula = [Curriculum(replica, train_set) for replica in configs]
     progressive = config.train.progressive_loss_weight > 0
-    progress = Progress(curriculum_max_hops=curriculum.max_hops)
+    progress = [Progress(curriculum_max_hops=curriculum.max_hops) for curriculum in curricula]
     if resume_from is not None:
-        progress = Progress(
-            **restore_training_state(Path(resume_from), model, optimizer, batch_generator, sample_loops.generator)
+        saved = restore_training_state(
+            Path(resume_from), models.trained, optimizer, batch_generators, sample_loops.generator
         )
-        curriculum.set_max_hops(progress.curriculum_max_hops)
-    resumed_from_step = progress.step
+        progress = [Progress(**state) for state in saved]
+        for curriculum, state in zip(curricula, progress):
+            curriculum.set_max_hops(state.curriculum_max_hops)
+    resumed_from_step = progress[0].step
 
-    loss_sum, loops_sum, step_count = torch.zeros((), device=device), 0, 0
-    metrics: dict[str, float] = {}
-    phase_splits = [split for split in eval_sets if not names.is_validation(split)]
-    for step in range(progress.step + 1, config.train.steps + 1):
+    loss_sum, loops_sum, step_count = torch.zeros(n_replicas, device=device), 0, 0  # (K,)
+    reports: list[dict[str, float]] = [{} for _ in configs]
+    phase_splits = [split for split in eval_sets[0] if not names.is_validation(split)]
+    for step in range(resumed_from_step + 1, config.train.steps + 1):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate_at(step - 1, config)
-        pick = torch.randint(len(curriculum.eligible), (worker_batch,), device=device, generator=batch_generator)
-        batch = train_set.subset(curriculum.eligible[pick])
+        picked = torch.cat([
+            curriculum.eligible[torch.randint(len(curriculum.eligible), (worker_batch,), device=device, generator=stream)]
+            for curriculum, stream in zip(curricula, batch_generators)
+        ])  # (K * B,) replica-major
+        tokens, answers = train_set.tokens[picked], train_set.answers[picked]  # (K * B, T), (K * B,)
         n_loops = sample_loops()
         with autocast:
-            logits = network(
-                batch.tokens, n_loops, every_loop=progressive, backprop_loops=config.train.backprop_loops
-            )  # (n_loops or 1, B, E)
-            loss = F.cross_entropy(logits[-1].float(), batch.answers)  # final-loop loss
+            logits = models.network(
+                tokens, n_loops, every_loop=progressive, backprop_loops=config.train.backprop_loops
+            )  # (n_loops or 1, K * B, E)
+            loss = replica_losses(logits[-1:], answers, n_replicas)  # (K,) final-loop loss
             if progressive:
-                per_loop = F.cross_entropy(logits.flatten(0, 1).float(), batch.answers.repeat(len(logits)))
-                loss = loss + config.train.progressive_loss_weight * per_loop
+                loss = loss + config.train.progressive_loss_weight * replica_losses(logits, answers, n_replicas)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
+        loss.sum().backward()  # replicas share no weight: each slice of a gradient is its replica's own
+        models.clip_gradients(config.train.grad_clip)
         optimizer.step()
         loss_sum += loss.detach()
         loops_sum += n_loops
@@ -239,16 +300,18 @@ def train_worker(
         last_step = step == config.train.steps
         if step % config.train.eval_every == 0 or last_step:
             with autocast:
-                metrics = evaluate(model, eval_sets, config, with_grid=last_step)
-            progress.step = step
-            elapsed_s = progress.elapsed_s + time.perf_counter() - started
-            metrics.update(training_metrics(
-                step, optimizer.param_groups[0]["lr"], (loss_sum / step_count).item(), loops_sum / step_count,
-                curriculum.max_hops, elapsed_s, resumed_from_step,
-            ))
-            record_phases(metrics, progress.phase_steps, phase_splits, step, config)
-            curriculum.update(metrics)
-            progress.curriculum_max_hops = curriculum.max_hops
+                reports = [evaluate(model, eval_set, replica, with_grid=last_step)
+                           for model, eval_set, replica in zip(models.measured(), eval_sets, configs)]
+            elapsed_s = progress[0].elapsed_s + time.perf_counter() - started
+            mean_losses = (loss_sum / step_count).tolist()  # (K,)
+            for metrics, mean_loss, curriculum, state in zip(reports, mean_losses, curricula, progress):
+                metrics.update(training_metrics(
+                    step, optimizer.param_groups[0]["lr"], mean_loss, loops_sum / step_count, curriculum.max_hops,
+                    elapsed_s, resumed_from_step,
+                ))
+                record_phases(metrics, state.phase_steps, phase_splits, step, config)
+                curriculum.update(metrics)
+                state.step, state.curriculum_max_hops = step, curriculum.max_hops
             loss_sum.zero_()
             loops_sum, step_count = 0, 0
             if last_step:
@@ -257,23 +320,25 @@ def train_worker(
             interval = config.train.checkpoint_interval
             if checkpoint_dir is not None and interval and step % interval == 0:
                 checkpoint = save_training_state(
-                    Path(checkpoint_dir) / f"step_{step:07d}", model, config, optimizer, batch_generator,
-                    sample_loops.generator, asdict(replace(progress, elapsed_s=elapsed_s)),
+                    Path(checkpoint_dir) / f"step_{step:07d}", models.trained, config, optimizer, batch_generators,
+                    sample_loops.generator, [asdict(replace(state, elapsed_s=elapsed_s)) for state in progress],
                 )
-            reporter(metrics, checkpoint)
+            reporter(combine(reports, seeds), checkpoint)
             if checkpoint is not None:
                 shutil.rmtree(checkpoint)  # the reporter has persisted it
 
-    with autocast:
-        summary = final_analysis(model, splits, eval_sets, config, device)
-    summary.update(end_of_run_metrics(model, phase_splits, progress.phase_steps, world_size))
-    summary[names.TRAIN_S.name()] = progress.elapsed_s + time.perf_counter() - started
-    final_report = {**metrics, **summary}
+    summaries = []
+    for model, eval_set, replica, state in zip(models.measured(), eval_sets, configs, progress):
+        with autocast:
+            summary = final_analysis(model, splits, eval_set, replica, device)
+        summary.update(end_of_run_metrics(model, phase_splits, state.phase_steps, world_size))
+        summaries.append(summary)
+    for summary in summaries:  # as a single run times it: training and the final analysis
+        summary[names.TRAIN_S.name()] = progress[0].elapsed_s + time.perf_counter() - started
+    final_report = combine([{**report, **summary} for report, summary in zip(reports, summaries)], seeds)
     final_checkpoint = None
     if checkpoint_dir is not None and rank == 0:
         final_checkpoint = Path(checkpoint_dir)
-        save_checkpoint(model, config, final_checkpoint, final_report)
+        save_checkpoint(models.trained, config, final_checkpoint, final_report)
     reporter(final_report, final_checkpoint)
-    return summary
-
-
+    return combine(summaries, seeds)

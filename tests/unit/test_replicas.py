@@ -12,7 +12,7 @@ from rdt_core.config import ConfigError, ExperimentConfig
 from rdt_core.data import build_splits
 from rdt_core.model.transformer import build_model
 from rdt_core.train import CHECKPOINT_FILE, is_resumable, load_checkpoint, train_worker
-from rdt_core.train.replicas import StackedTransformer, clip_per_replica
+from rdt_core.model.stacked import StackedTransformer, clip_per_replica
 
 TINY = {
     "data": {"n_entities": 24, "n_relations": 4, "inferred_ratio": 1.0, "n_test_queries": 12,
