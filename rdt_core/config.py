@@ -9,6 +9,7 @@ print one line naming the file and the key.
 from __future__ import annotations
 
 import copy
+import sys
 from pathlib import Path
 from typing import Any, Literal, Mapping, get_args
 
@@ -28,6 +29,14 @@ class ConfigError(ValueError):
         """Rebuilt from key and message: a trial's error crosses processes pickled (Ray), and the default
         (one argument, the formatted text) would fail there, hiding this error behind a TypeError."""
         return type(self), (self.key, self.message)
+
+
+def refuse(message: object, status: int = 2) -> int:
+    """A command's refusal: ``error: MESSAGE`` as one line on stderr. Returns the exit status to end with:
+    2 for bad input (every command here refuses it so, before anything starts), 1 for a service that does
+    not answer."""
+    print(f"error: {message}", file=sys.stderr)
+    return status
 
 
 def read_utf8_file(path: Path, what: str = "file") -> str:

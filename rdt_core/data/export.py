@@ -15,12 +15,11 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from rdt_core.config import ConfigError, DataConfig, config_error_from
+from rdt_core.config import ConfigError, DataConfig, config_error_from, refuse
 from rdt_core.data.queries import QuerySet, Splits, build_splits
 
 OPTION_FOR_KEY = {
@@ -39,8 +38,7 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse, but an invalid option is one line on stderr and exit status 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        print(f"error: {message}", file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(refuse(message))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,21 +110,18 @@ def export(config: DataConfig, out: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.out.exists() and any(args.out.iterdir()) and not (args.out / "manifest.json").exists():
-        print(f"error: --out: {args.out} exists and is not an export; refusing to replace it", file=sys.stderr)
-        return 2
+        return refuse(f"--out: {args.out} exists and is not an export; refusing to replace it")
     values = {key: getattr(args, option.removeprefix("--").replace("-", "_")) for key, option in OPTION_FOR_KEY.items()}
     try:
         config = DataConfig.model_validate(values)
     except ValidationError as error:
         problem = config_error_from(error)
-        print(f"error: {OPTION_FOR_KEY.get(problem.key, problem.key)}: {problem.message}", file=sys.stderr)
-        return 2
+        return refuse(f"{OPTION_FOR_KEY.get(problem.key, problem.key)}: {problem.message}")
     try:
         manifest = export(config, args.out)
     except ConfigError as error:
         key = error.key.removeprefix("data.")
-        print(f"error: {OPTION_FOR_KEY.get(key, key)}: {error.message}", file=sys.stderr)
-        return 2
+        return refuse(f"{OPTION_FOR_KEY.get(key, key)}: {error.message}")
     print(f"wrote {args.out}: " + ", ".join(f"{name} {count}" for name, count in manifest["counts"].items()))
     print(f"content hash {manifest['content_hash']}")
     return 0

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from rdt_core.config import refuse
 from rdt_core.sweep.spec import SpecError, load_spec
 
 
@@ -37,8 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = load_spec(args.spec, args.overrides)
     except SpecError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return refuse(error)
 
     from rdt_core.sweep.runner import (  # imports Ray: only once the spec is known good
         LocalResourcesError,
@@ -62,16 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_local_resources(spec)
     except LocalResourcesError as error:
-        print(f"error: {args.spec}: {error}", file=sys.stderr)
-        return 2
+        return refuse(f"{args.spec}: {error}")
     try:
         outcome = run_sweep(plan, resume=args.resume)
     except (ResumeError, OutboxError) as error:
-        print(f"error: {args.spec}: {error}", file=sys.stderr)
-        return 2
+        return refuse(f"{args.spec}: {error}")
     except TrackingUnavailable as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        return refuse(error, 1)
     metric = spec.objectives()[0][0]
     print(f"\nsweep {spec.name}: {outcome.n_trials} trials, {outcome.n_failed} failed")
     print(f"best {metric} = {outcome.best_metrics.get(metric, float('nan')):.4f} with")
@@ -112,7 +109,6 @@ def send_kept_writes(sweep_name: str) -> int:
         return 0
     unsent = send_outbox(path)
     if unsent:
-        print(f"error: the MLflow store still does not answer; {unsent} writes stay in {path}", file=sys.stderr)
-        return 1
+        return refuse(f"the MLflow store still does not answer; {unsent} writes stay in {path}", 1)
     print(f"sent every write kept in {path}; draw the phase diagrams with: python -m rdt_core.report {sweep_name}")
     return 0

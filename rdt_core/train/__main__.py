@@ -13,13 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import tempfile
 from pathlib import Path
 
 from tqdm import tqdm
 
-from rdt_core.config import ConfigError, ExperimentConfig, parse_override, read_yaml_mapping
+from rdt_core.config import ConfigError, ExperimentConfig, parse_override, read_yaml_mapping, refuse
 from rdt_core.data.queries import build_splits
 from rdt_core.metrics import ACC, LOSS
 from rdt_core.tracking.reports import log_evaluation, log_final
@@ -48,8 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = parse_config(args.config, args.overrides)
     except ConfigError as error:
-        print(f"error: {args.config}: {error}", file=sys.stderr)
-        return 2
+        return refuse(f"{args.config}: {error}")
 
     tracker = run_id = None
     if not args.no_mlflow:
