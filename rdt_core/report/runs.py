@@ -19,7 +19,7 @@ import tempfile
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Mapping, Sequence
 
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
@@ -34,6 +34,9 @@ DEFAULT_METRIC, DEFAULT_MODE = ACC.name(split="id"), "max"  # the best trial's c
 # not import the sweep); with the seeds it sets, what replicates of one setting differ in.
 REPLICATE_PARAM = "replicate"
 SEED_PARAMS = frozenset({REPLICATE_PARAM, "train.seed", "data.seed"})
+# The params whose values tell the settings of a table or figure apart: one name, a list of names, or a
+# mapping of names to the headings a table gives them (``{model.architecture: architecture}``).
+By = str | Sequence[str] | Mapping[str, str]
 
 
 class ReportError(ValueError):
@@ -169,6 +172,16 @@ class Sweep:
     def replicated(self) -> bool:
         return any(setting.n > 1 for setting in self.settings)
 
+    def settings_by(self, by: By) -> list[tuple[tuple[str, ...], Setting]]:
+        """The settings keyed by their values of the params ``by`` (one name or several), in numeric order
+        of numeric values, else in text order; keys that do not tell the settings apart are an error,
+        since a table or figure would show one of them in place of several."""
+        params = param_names(by)
+        keyed = {tuple(setting.params.get(param, "") for param in params): setting for setting in self.settings}
+        if len(keyed) < len(self.settings):
+            raise ReportError(f"{', '.join(params)} do not tell the settings of {self.experiment!r} apart")
+        return sorted(keyed.items(), key=lambda item: [value_order(value) for value in item[0]])
+
     def best_setting(self) -> Setting | None:
         """The setting with the best mean (over its replicates) of the sweep's metric; None when no
         trial reports it."""
@@ -177,6 +190,20 @@ class Sweep:
             return None
         pick = max if self.mode == "max" else min
         return pick(scored, key=lambda s: s.metrics[self.metric])
+
+
+def param_names(by: By) -> tuple[str, ...]:
+    """``by`` of a table or figure (one param's name, a list of them, or a mapping of them to headings)
+    as a tuple of names."""
+    return (by,) if isinstance(by, str) else tuple(by)
+
+
+def value_order(value: str) -> tuple[float, str]:
+    """A param's values in numeric order where they are numbers (``2`` before ``16``), else in text order."""
+    try:
+        return float(value), ""
+    except ValueError:
+        return math.inf, value
 
 
 def open_store(tracking_uri: str) -> MlflowClient:
