@@ -2,7 +2,8 @@
 
 Inference-only settings never cost another pass: the per-loop readout gives the logits after every loop
 1..max_loops at once, from which come the accuracy at every inference loop count (per split and hop
-count), the overthinking summary, and the halting loop of every example under every halting rule.
+count), the overthinking summary, the halting loop of every example under every halting rule, and what
+the registered instruments read from it (the state norm over loops, ``rdt_core.instruments``).
 
 Which loop budget a number is read at matters, and the test split never chooses it:
 - the trained loop count R (``acc/<split>``, ``acc/<split>/hops_<k>``);
@@ -24,7 +25,8 @@ import torch
 
 from rdt_core.config import EvalConfig, ExperimentConfig
 from rdt_core.data.queries import QuerySet
-from rdt_core.halting import HaltingRule, equal_cost, halting_loops, rule_grid
+from rdt_core.halting import HaltingRule, configured_rule, equal_cost, halting_loops, rule_grid
+from rdt_core.instruments import INSTRUMENTS
 from rdt_core.metrics import (
     ACC,
     ACC_CHOSEN,
@@ -42,7 +44,6 @@ from rdt_core.metrics import (
     LOOPS_CHOSEN,
     ORACLE_LOOP,
     OVERTHINKING,
-    STATE_NORM,
     Kind,
     is_validation,
     validation_split,
@@ -64,7 +65,7 @@ class SplitResult:
 def halting_rules(config: EvalConfig, with_grid: bool) -> list[HaltingRule]:
     """The configured rule first, then KL alone at the same threshold (its head-to-head partner, when the
     configured rule also has an entropy threshold), then (optionally) the whole grid."""
-    rules = [HaltingRule(config.halt_kl, config.halt_entropy, config.halt_entropy_scale)]
+    rules = [configured_rule(config)]
     if config.halt_kl is not None and config.halt_entropy is not None:
         rules.append(HaltingRule(config.halt_kl, None, config.halt_entropy_scale))
     if with_grid:
@@ -227,19 +228,14 @@ def overthinking_metrics(split: str, hops: int, accuracy_by_loop: torch.Tensor) 
     return {OVERTHINKING.name(split=split, hops=hops, stat=stat): value for stat, value in values.items()}
 
 
-def state_norm_metrics(result: SplitResult) -> dict[str, float]:
-    """``state_norm/loop_<t>``: does the state drift as loops go on (a suspect for overthinking)?"""
-    means = result.state_norms.mean(dim=1)  # (T,)
-    return {STATE_NORM.name(loop=loop): value for loop, value in enumerate(means.tolist(), start=1)}
-
-
 def evaluate(
     model: RecurrentDepthTransformer,
     eval_sets: dict[str, QuerySet],
     config: ExperimentConfig,
     with_grid: bool = False,
 ) -> dict[str, float]:
-    """All split metrics at one evaluation step; ``with_grid`` adds every halting rule of the grid.
+    """All split metrics at one evaluation step, and what each registered instrument reads from the same
+    results (``rdt_core.instruments``: the state norm); ``with_grid`` adds every halting rule of the grid.
     A validation split only chooses loop budgets for its test split; it is not reported itself."""
     rules = halting_rules(config.eval, with_grid)
     results = {
@@ -252,6 +248,7 @@ def evaluate(
             continue
         validation = results.get(validation_split(split))
         metrics.update(split_metrics(split, result, config, rules, validation))
-    if "id" in results:
-        metrics.update(state_norm_metrics(results["id"]))
+    for instrument in INSTRUMENTS:  # what the registered instruments read from the same pass
+        if instrument.at_evaluation is not None:
+            metrics.update(instrument.at_evaluation(results, config))
     return metrics

@@ -23,6 +23,7 @@ from typing import Literal, get_args
 import torch
 import torch.nn.functional as F
 
+from rdt_core.config import EvalConfig
 from rdt_core.model.transformer import RecurrentDepthTransformer
 
 EntropyScale = Literal["relative", "nats"]
@@ -61,6 +62,11 @@ class HaltingRule:
             scale = math.log(n_classes) if self.entropy_scale == "relative" else 1.0
             stop &= entropy_nats < self.entropy * scale
         return stop
+
+
+def configured_rule(config: EvalConfig) -> HaltingRule:
+    """The halting rule a run is configured with (``eval.halt_kl``, ``eval.halt_entropy``)."""
+    return HaltingRule(config.halt_kl, config.halt_entropy, config.halt_entropy_scale)
 
 
 def rule_grid(
