@@ -21,6 +21,16 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 RUN_PY = REPO_ROOT / "sweeps" / "run.py"
 LAUNCHER = REPO_ROOT / "mlflow" / "serve.py"
 
+# A config that trains in seconds yet has every split (train, id, ood), two test hop counts and room for
+# the lens and patching: the unit tests' model run.
+TINY_CONFIG = {
+    "data": {"n_entities": 24, "n_relations": 4, "inferred_ratio": 1.0, "n_test_queries": 12,
+             "ood_fraction": 0.25, "test_max_hops": 3},
+    "model": {"d_model": 32, "n_heads": 2, "max_loops": 4},
+    "train": {"steps": 60, "eval_every": 20, "train_loops": 2, "batch_size": 32, "warmup_steps": 5},
+    "eval": {"n_train_eval_per_hop": 32, "n_lens_queries": 8, "n_patching_queries": 8},
+}
+
 
 def short_temp_dir() -> str:
     """A Ray temp dir under /tmp: Ray's unix socket paths must stay under ~107 characters."""

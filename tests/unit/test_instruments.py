@@ -20,14 +20,7 @@ from rdt_core.instruments.registry import hop_counts_of_test_splits
 from rdt_core.model.transformer import build_model
 from rdt_core.patching import corrupt_first_relation, random_null_model, trivial_cells
 from rdt_core.train.analysis import device_eval_sets, final_analysis, reported_metric_names
-
-TINY = {
-    "data": {"n_entities": 24, "n_relations": 4, "inferred_ratio": 1.0, "n_test_queries": 12,
-             "ood_fraction": 0.25, "test_max_hops": 3},
-    "model": {"d_model": 32, "n_heads": 2, "max_loops": 4},
-    "train": {"steps": 60, "eval_every": 20, "train_loops": 2, "batch_size": 32, "warmup_steps": 5},
-    "eval": {"n_train_eval_per_hop": 32, "n_lens_queries": 8, "n_patching_queries": 8},
-}
+from tests.helpers import TINY_CONFIG as TINY
 
 
 # The toy instrument: the whole of what a new instrument needs, one declaration and its registration.

@@ -13,14 +13,11 @@ from rdt_core.data import build_splits
 from rdt_core.model.transformer import build_model
 from rdt_core.train import CHECKPOINT_FILE, is_resumable, load_checkpoint, train_worker
 from rdt_core.model.stacked import StackedTransformer, clip_per_replica
+from tests.helpers import TINY_CONFIG
 
-TINY = {
-    "data": {"n_entities": 24, "n_relations": 4, "inferred_ratio": 1.0, "n_test_queries": 12,
-             "ood_fraction": 0.25, "test_max_hops": 3},
-    "model": {"d_model": 16, "n_heads": 2, "max_loops": 4},
-    "train": {"steps": 20, "eval_every": 10, "train_loops": 2, "batch_size": 32, "warmup_steps": 5},
-    "eval": {"n_train_eval_per_hop": 32, "n_lens_queries": 8, "n_patching_queries": 8},
-}
+TINY = {section: dict(values) for section, values in TINY_CONFIG.items()}
+TINY["model"]["d_model"] = 16
+TINY["train"].update(steps=20, eval_every=10)
 # Every layer kind the model has: prelude and coda blocks, the concat adapter, per-loop cores, and the
 # progressive loss over every loop with truncated backprop.
 VARIANTS = {

@@ -8,14 +8,7 @@ from rdt_core.config import ConfigError, ExperimentConfig
 from rdt_core.data import build_splits
 from rdt_core.train import CHECKPOINT_FILE, is_resumable, reported_metric_names, split_hop_counts, train_worker
 from rdt_core.train.worker import Curriculum
-
-TINY = {
-    "data": {"n_entities": 24, "n_relations": 4, "inferred_ratio": 1.0, "n_test_queries": 12,
-             "ood_fraction": 0.25, "test_max_hops": 3},
-    "model": {"d_model": 32, "n_heads": 2, "max_loops": 4},
-    "train": {"steps": 60, "eval_every": 20, "train_loops": 2, "batch_size": 32, "warmup_steps": 5},
-    "eval": {"n_train_eval_per_hop": 32, "n_lens_queries": 8, "n_patching_queries": 8},
-}
+from tests.helpers import TINY_CONFIG as TINY
 
 
 def run(config: ExperimentConfig) -> list[dict[str, float]]:
