@@ -1,10 +1,12 @@
-"""The sweep's parent run and its Optuna study, opened before any trial: what a new sweep makes and what
-a resumed one finds again, with everything a kill may have left unwritten written now.
+"""The sweep's parent run, its Optuna study and its outbox, opened before any trial.
 
 The parent run is the sweep's summary page in MLflow: the spec's description as its note, the base
 config as ``base.*`` params except the keys the search sets, which are ``search.*`` params holding their
 distributions, and the study's name. The study is named ``<sweep>-<n>`` (the n-th sweep of that name in
 the Optuna storage), names its objectives as the dashboard shows them, and holds the parent run's id.
+Whatever of these a killed sweep left unwritten is written when it resumes. The resume steps that must
+happen while the tracking opens (the start mark, the parent run found again, the clean-up after the
+outbox has sent the killed driver's writes) are ``resume.Resumption``'s, called here at their moment.
 """
 
 from __future__ import annotations
@@ -23,23 +25,13 @@ from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
 from rdt_core.config import ExperimentConfig
 from rdt_core.sweep.plan import SweepPlan
-from rdt_core.sweep.resume import (
-    delete_runs_of_unknown_trials,
-    mark_started,
-    put_back_lost_checkpoints,
-    saved_tune_trials,
-    was_started,
-)
+from rdt_core.sweep.resume import Resumption
 from rdt_core.sweep.spec import REPLICATE_KEY, SweepSpec
 from rdt_core.tracking import Outbox, SweepTracker, check_reachable, outbox_path, store_must_answer
 from rdt_core.train import CHECKPOINT_FILE, read_checkpoint_config
 
 STUDY_TAG = "optuna.study_name"
 PARENT_RUN_ATTR = "mlflow.parent_run_id"  # the study's user attribute naming the sweep's parent run
-
-
-class ResumeError(ValueError):
-    """``--resume`` found nothing to resume; the message names what is missing."""
 
 
 class OutboxError(ValueError):
@@ -49,8 +41,7 @@ class OutboxError(ValueError):
 @dataclass
 class SweepTracking:
     """What the sweep writes to: its tracker and outbox, its parent run and study, and what the trials
-    start from (the base config, a trained checkpoint for an inference-only sweep, Tune's saved trials
-    on ``--resume``)."""
+    start from (the base config, a trained checkpoint for an inference-only sweep)."""
 
     tracker: SweepTracker
     outbox: Outbox
@@ -58,17 +49,14 @@ class SweepTracking:
     study_name: str
     base: dict[str, Any]
     checkpoint_bytes: bytes | None
-    tune_trials: list | None
 
     @classmethod
-    def open(cls, plan: SweepPlan, resume: bool) -> "SweepTracking":
-        """Check that the sweep can start (something to resume, no unsent writes of another, a store
-        that answers), then open its parent run and study."""
+    def open(cls, plan: SweepPlan, resumption: Resumption) -> "SweepTracking":
+        """Check that the sweep can start (no unsent writes of another, a store that answers), then open
+        its parent run and study."""
         spec = plan.spec
-        if resume and not was_started(plan.experiment_path):  # before MLflow is touched
-            raise ResumeError(f"--resume: no interrupted sweep {spec.name!r} at {plan.experiment_path}")
         kept = outbox_path(spec.name)
-        if kept.exists() and not resume:
+        if kept.exists() and not resumption.resuming:  # a resumed sweep sends its own unsent writes below
             raise OutboxError(
                 f"{kept} holds MLflow writes of an earlier {spec.name!r} sweep that were never sent: "
                 "send them first with --send-outbox (or delete the file)"
@@ -82,24 +70,21 @@ class SweepTracking:
             tracker = SweepTracker(plan.tracking_uri, spec.name)
             checkpoint_bytes = trained_checkpoint(spec, tracker)
             base = spec.base if checkpoint_bytes is None else read_checkpoint_config(io.BytesIO(checkpoint_bytes)).model_dump()
-            mark_started(plan.experiment_path)  # before the parent run: from here on, --resume finds what it needs
-            parent_run_id, study_name = open_parent_run(tracker, plan, base, resume)
+            resumption.mark_started()  # before the parent run, so that --resume finds any run it makes
+            parent_run_id, study_name = open_parent_run(tracker, plan, base, resumption.reopened_parent_run(tracker))
             outbox = Outbox(tracker, spec.name, kept)
-            outbox.flush()  # what a resumed sweep's first driver could not send
-            tune_trials = saved_tune_trials(plan.experiment_path) if resume else None
-            if resume:
-                delete_runs_of_unknown_trials(tracker, tune_trials or [])
-                put_back_lost_checkpoints(tune_trials or [])
+            outbox.flush()  # what a resumed sweep's killed driver could not send
+            resumption.clean_up(tracker)  # after the flush, which may make child runs of trials Tune never saved
         open_study(plan, study_name, parent_run_id)
-        return cls(tracker, outbox, parent_run_id, study_name, base, checkpoint_bytes, tune_trials)
+        return cls(tracker, outbox, parent_run_id, study_name, base, checkpoint_bytes)
 
 
-def open_parent_run(tracker: SweepTracker, plan: SweepPlan, base: dict[str, Any], resume: bool) -> tuple[str, str]:
-    """The sweep's parent run (the interrupted sweep's on ``resume``, else a new one), with what a killed
-    sweep may not have written yet written now; returns its id and the Optuna study's name."""
+def open_parent_run(tracker: SweepTracker, plan: SweepPlan, base: dict[str, Any],
+                    parent_run_id: str | None) -> tuple[str, str]:
+    """The sweep's parent run (``parent_run_id``, an interrupted sweep's reopened, else a new one), with
+    what a killed sweep may not have written yet written now; returns its id and the Optuna study's name."""
     spec = plan.spec
     metrics, modes = spec.objectives()
-    parent_run_id = tracker.resume_parent(plan.experiment_path) if resume else None
     if parent_run_id is None:
         parent_run_id = tracker.start_parent(
             spec.name,

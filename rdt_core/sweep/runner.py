@@ -1,10 +1,11 @@
-"""``run_sweep``: a sweep as plan -> tracking -> tuner -> summary.
+"""``run_sweep``: a sweep as plan -> tracking -> tuner -> summary, resumable at every step.
 
 The plan (``plan``) is resolved from the spec before anything starts; the tracking (``parent``) opens the
 parent run, the Optuna study and the outbox every MLflow write goes through; the tuner runs the trials
 (``trainables``) under a seeded Optuna searcher (``search``) with each trial mirrored into a child run
 (``callbacks``); the summary (``summary``) makes the parent run the sweep's leaderboard and draws the
-phase diagrams.
+phase diagrams. What ``--resume`` does is told step by step in ``resume``, whose ``Resumption`` is made
+here once and handed to the tracking and the tuner.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, HyperBandScheduler
 
 from rdt_core.sweep.callbacks import MlflowTrialCallback
-from rdt_core.sweep.parent import OutboxError, ResumeError, SweepTracking
+from rdt_core.sweep.parent import OutboxError, SweepTracking
 from rdt_core.sweep.plan import LocalResourcesError, SweepPlan, check_local_resources
+from rdt_core.sweep.resume import ResumeError, Resumption
 from rdt_core.sweep.search import (
     PruningAwareOptunaSearch,
     ResumableConcurrencyLimiter,
@@ -43,21 +45,22 @@ __all__ = ["LocalResourcesError", "OutboxError", "ResumeError", "SweepOutcome", 
 def run_sweep(plan: SweepPlan, resume: bool = False) -> SweepOutcome:
     """Run the whole sweep: parent run, trials, leaderboard, phase diagrams.
 
-    With ``resume``, continue the interrupted sweep of the same name and storage: Tune restores its
-    experiment state (finished trials are not run again, unfinished ones restart from their latest
-    checkpoint), the parent run and the Optuna study are reused, and a restarted trial logs into the
-    child run it already had. Writes to MLflow go through the sweep's outbox, so a tracking store that
-    goes away mid-sweep loses nothing (``SweepOutcome.unsent_writes``).
+    With ``resume``, continue the interrupted sweep of the same name and storage (``resume.Resumption``):
+    Tune restores its experiment state (finished trials are not run again, unfinished ones restart from
+    their latest checkpoint), the parent run and the Optuna study are reused, and a restarted trial logs
+    into the child run it already had. Writes to MLflow go through the sweep's outbox, so a tracking
+    store that goes away mid-sweep loses nothing (``SweepOutcome.unsent_writes``).
     """
     # Keeping one checkpoint per trial (num_to_keep=1) makes Tune save its experiment state at every
     # checkpoint, as it must so that the state never names a deleted checkpoint; its warning about that,
     # three lines per evaluation of every trial, says nothing a user can act on.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    tracking = SweepTracking.open(plan, resume)
+    resumption = Resumption.begin(plan, resume)
+    tracking = SweepTracking.open(plan, resumption)
     finished = False
     try:
         with system_metrics_of(plan, tracking.parent_run_id), embedded_ray():
-            results = make_tuner(plan, tracking).fit()
+            results = make_tuner(plan, tracking, resumption).fit()
         outcome = summarize(plan, tracking, results)
         finished = True
         return outcome
@@ -92,12 +95,11 @@ def embedded_ray() -> Iterator[None]:
             ray.shutdown()
 
 
-def make_tuner(plan: SweepPlan, tracking: SweepTracking) -> tune.Tuner:
-    """A new Tuner, or on ``--resume`` the saved one (its searcher, scheduler and callbacks restored)."""
+def make_tuner(plan: SweepPlan, tracking: SweepTracking, resumption: Resumption) -> tune.Tuner:
+    """The Tuner Tune saved, on ``--resume``, else a new one."""
     trainable = make_trainable(plan.spec, plan.storage_path, tracking.checkpoint_bytes)
-    if tracking.tune_trials is not None:
-        return tune.Tuner.restore(plan.experiment_path, trainable, resume_unfinished=True, resume_errored=True,
-                                  storage_filesystem=tune_filesystem(plan.experiment_path))
+    if (restored := resumption.restored_tuner(trainable)) is not None:
+        return restored
     metrics, _ = plan.spec.objectives()
     callback = MlflowTrialCallback(tracking.outbox, tracking.base, metrics, tracking.study_name, plan.optuna_storage)
     return new_tuner(plan.spec, plan, trainable, tracking.study_name, callback)

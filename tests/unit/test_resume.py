@@ -1,28 +1,35 @@
-"""What --resume reads of a killed sweep, on a real SQLite MLflow store and a real folder (no Ray started)."""
+"""What --resume reads of a killed sweep (rdt_core.sweep.resume), on a real SQLite MLflow store and a real
+folder (no Ray started)."""
 
 from types import SimpleNamespace
 
 import pytest
 from mlflow.exceptions import MlflowException
 
+from rdt_core.sweep.plan import SweepPlan
 from rdt_core.sweep.resume import (
+    ResumeError,
+    Resumption,
     delete_runs_of_unknown_trials,
-    mark_started,
     put_back_lost_checkpoints,
-    saved_tune_trials,
-    was_started,
 )
+from rdt_core.sweep.spec import validate_spec
 from rdt_core.sweep.storage import tune_filesystem
 from rdt_core.tracking import SweepTracker, TrackingUnavailable, store_must_answer
-from tests.helpers import free_port
+from tests.helpers import free_port, load_smoke_spec
 
 
 def test_a_sweep_is_resumable_from_the_moment_it_marks_its_start_before_tune_saves_anything(tmp_path):
-    experiment = str(tmp_path / "ray_results" / "sweep")
-    assert not was_started(experiment)
-    mark_started(experiment)  # killed right after: no parent run, no Tune state yet
-    assert was_started(experiment)
-    assert saved_tune_trials(experiment) is None  # --resume then starts the sweep afresh, same parent
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    plan = SweepPlan(validate_spec(load_smoke_spec(), "smoke.yaml"), "smoke.yaml", store,
+                     str(tmp_path / "ray_results"), f"sqlite:///{tmp_path / 'optuna.db'}")
+    with pytest.raises(ResumeError, match="no interrupted sweep"):
+        Resumption.begin(plan, resume=True)
+    Resumption.begin(plan, resume=False).mark_started()  # killed right after: no parent run, no Tune state yet
+    resumed = Resumption.begin(plan, resume=True)
+    assert resumed.saved_trials is None  # --resume then starts the sweep afresh, same parent
+    assert resumed.restored_tuner(trainable=None) is None  # a new Tuner runs it
+    assert resumed.reopened_parent_run(SweepTracker(store, "smoke")) is None  # none made before the kill
 
 
 def test_child_runs_of_trials_tune_never_saved_are_deleted_and_the_others_kept(tmp_path, capsys):
