@@ -20,11 +20,13 @@ $(VENV)/.installed: pyproject.toml
 demo: venv  ## the smoke sweep on an embedded local Ray, logging to sqlite:///mlflow.db
 	$(BIN)/python sweeps/run.py sweeps/smoke.yaml
 
-# Three test processes (pytest-xdist): most of a sweep test is waiting on processes starting (the suite
-# keeps 2 cores busy a third of the time), so three at once fit 2 cores: 827 s against 919 s for two.
-# Each test starts its own Ray in its own temp dir, so they do not meet.
+# Three test processes (pytest-xdist): most of a sweep test is waiting on processes starting, so three at
+# once fit 2 cores. --dist worksteal: a process that runs out of tests takes some of another's queue, so the
+# long tests (a browser check, ray job submit, the kill harness: 1-2.5 minutes each) do not queue up behind
+# one process while the others sit idle. Sweeps that need no Ray of their own join one Ray per process
+# (tests/conftest.py: shared_ray).
 test: venv  ## the whole suite: unit, integration (real Ray + MLflow), end to end (ray job submit)
-	$(BIN)/python -m pytest -n 3
+	$(BIN)/python -m pytest -n 3 --dist worksteal
 
 test-fast: venv  ## unit tests only (about a minute)
 	$(BIN)/python -m pytest -m "not slow" -n 2

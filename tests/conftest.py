@@ -1,4 +1,5 @@
-"""Fixtures shared by the suites: a private PostgreSQL database for tests that need one."""
+"""Fixtures shared by the suites: a private PostgreSQL database for tests that need one, and one local Ray
+per test process for the sweeps that can share it."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import os
 import uuid
 
 import pytest
+
+from tests.helpers import SharedRay
 
 POSTGRES = {"host": "127.0.0.1", "port": 5432, "user": os.environ.get("RDT_POSTGRES_USER", "root"), "dbname": "test"}
 
@@ -34,3 +37,15 @@ def postgres_url():
         with admin.cursor() as cursor:
             cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
+
+
+@pytest.fixture(scope="session")
+def shared_ray():
+    """One local Ray for this test process (pytest-xdist runs one per worker), started on first use and
+    stopped when the session ends; ``shared_ray.env(workdir)`` is the environment of a sweep joining it."""
+    ray = SharedRay()
+    ray.start()
+    try:
+        yield ray
+    finally:
+        ray.stop()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -48,6 +50,42 @@ def isolated_env(workdir: Path) -> dict[str, str]:
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir / 'mlflow.db'}"
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+class SharedRay:
+    """A local Ray started once (``ray start --head``, its own temp dir and ports) for the sweeps of one
+    test process that need nothing of a Ray of their own: each joins it, as a sweep joins a cluster, instead
+    of starting and stopping an embedded Ray (seconds each, here). Tests that kill Ray's processes, count
+    them or start it a special way keep their own (``isolated_env``)."""
+
+    def __init__(self) -> None:
+        self.temp_dir = short_temp_dir()
+        self.address = f"127.0.0.1:{free_port()}"
+        self.token = secrets.token_hex(32)  # Ray 2.60 turns token authentication on for a local head
+
+    def auth_env(self) -> dict[str, str]:
+        return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
+
+    def start(self) -> None:
+        env = {key: value for key, value in os.environ.items() if key not in OUTSIDE_SETTINGS}
+        started = subprocess.run(
+            [str(Path(sys.executable).parent / "ray"), "start", "--head", f"--port={self.address.split(':')[1]}",
+             "--num-cpus=2", f"--dashboard-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+             f"--ray-client-server-port={free_port()}", f"--temp-dir={self.temp_dir}", "--disable-usage-stats"],
+            env={**env, **self.auth_env()}, capture_output=True, text=True, timeout=180,
+        )
+        if started.returncode != 0:
+            self.stop()
+            pytest.fail(f"ray start --head failed:\n{started.stdout[-2000:]}\n{started.stderr[-2000:]}")
+
+    def stop(self) -> None:
+        stop_ray_started_in(self.temp_dir)
+
+    def env(self, workdir: Path) -> dict[str, str]:
+        """``isolated_env(workdir)`` for a sweep that joins this Ray: it starts no Ray of its own."""
+        env = isolated_env(workdir)
+        shutil.rmtree(env.pop("RAY_TMPDIR"), ignore_errors=True)
+        return {**env, **self.auth_env(), "RAY_ADDRESS": self.address}
 
 
 def write_spec(path: Path, spec: dict) -> Path:

@@ -1,4 +1,5 @@
-"""Real sweeps: a real local Ray (private temp dir), Optuna, and an MLflow SQLite store in a temp dir."""
+"""Real sweeps: a real local Ray (one per test process, which each sweep joins), Optuna, and an MLflow SQLite
+store in a temp dir."""
 
 from __future__ import annotations
 
@@ -26,12 +27,12 @@ def runs_of(workdir: Path, experiment: str):
     return client, parents, children
 
 
-def test_smoke_sweep_logs_one_parent_and_one_child_per_trial(tmp_path):
+def test_smoke_sweep_logs_one_parent_and_one_child_per_trial(tmp_path, shared_ray):
     spec = load_smoke_spec()
     spec["base"]["train"].update({"steps": 200, "eval_every": 50})  # the plumbing, not the accuracy
     path = write_spec(tmp_path / "smoke.yaml", spec)
 
-    completed = run_sweep_cli(path, tmp_path, timeout=600)
+    completed = run_sweep_cli(path, tmp_path, timeout=600, env=shared_ray.env(tmp_path))
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     assert "mlflow ui --backend-store-uri" in completed.stdout
 
@@ -87,7 +88,7 @@ def test_smoke_sweep_logs_one_parent_and_one_child_per_trial(tmp_path):
     assert (tmp_path / "ray_results" / "smoke").is_dir()
 
 
-def test_data_parallel_trial_runs_in_torch_trainer_with_two_workers(tmp_path):
+def test_data_parallel_trial_runs_in_torch_trainer_with_two_workers(tmp_path, shared_ray):
     spec = load_smoke_spec()
     spec.update(
         name="ddp",
@@ -99,7 +100,7 @@ def test_data_parallel_trial_runs_in_torch_trainer_with_two_workers(tmp_path):
     spec["base"]["train"].update({"steps": 60, "eval_every": 30})
     path = write_spec(tmp_path / "ddp.yaml", spec)
 
-    completed = run_sweep_cli(path, tmp_path, timeout=600)
+    completed = run_sweep_cli(path, tmp_path, timeout=600, env=shared_ray.env(tmp_path))
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
 
     client, parents, children = runs_of(tmp_path, "ddp")
@@ -114,7 +115,7 @@ def test_data_parallel_trial_runs_in_torch_trainer_with_two_workers(tmp_path):
     assert len(train_runs) == 1
 
 
-def test_early_stopped_trials_are_pruned_in_the_optuna_study(tmp_path):
+def test_early_stopped_trials_are_pruned_in_the_optuna_study(tmp_path, shared_ray):
     spec = load_smoke_spec()
     spec.update(
         name="asha",
@@ -128,7 +129,7 @@ def test_early_stopped_trials_are_pruned_in_the_optuna_study(tmp_path):
     )
     spec["base"]["train"].update({"steps": 160, "eval_every": 40})
     path = write_spec(tmp_path / "asha.yaml", spec)
-    completed = run_sweep_cli(path, tmp_path, timeout=600)
+    completed = run_sweep_cli(path, tmp_path, timeout=600, env=shared_ray.env(tmp_path))
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
 
     client, parents, children = runs_of(tmp_path, "asha")
@@ -142,7 +143,7 @@ def test_early_stopped_trials_are_pruned_in_the_optuna_study(tmp_path):
     assert states.count(optuna.trial.TrialState.COMPLETE) == len(children) - len(stopped_early)
 
 
-def test_multi_objective_sweep_yields_a_pareto_front(tmp_path):
+def test_multi_objective_sweep_yields_a_pareto_front(tmp_path, shared_ray):
     spec = load_smoke_spec()
     spec.update(
         name="pareto",
@@ -153,7 +154,7 @@ def test_multi_objective_sweep_yields_a_pareto_front(tmp_path):
     )
     spec["base"]["train"].update({"steps": 100, "eval_every": 50})
     path = write_spec(tmp_path / "pareto.yaml", spec)
-    completed = run_sweep_cli(path, tmp_path, timeout=600)
+    completed = run_sweep_cli(path, tmp_path, timeout=600, env=shared_ray.env(tmp_path))
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
 
     client, parents, children = runs_of(tmp_path, "pareto")
@@ -167,13 +168,14 @@ def test_multi_objective_sweep_yields_a_pareto_front(tmp_path):
     assert len(study.directions) == 2
 
 
-def test_inference_only_sweep_searches_halting_over_a_trained_trial_without_training(tmp_path):
+def test_inference_only_sweep_searches_halting_over_a_trained_trial_without_training(tmp_path, shared_ray):
     """Train once, then search halting thresholds of that model, read back from its MLflow run."""
     spec = load_smoke_spec()
     spec.update(name="trained", num_samples=1, search_space={"train.train_loops": {"type": "choice", "values": [3]}})
     spec["base"]["train"].update({"steps": 60, "eval_every": 30})
     spec["base"]["eval"] = {"halt_entropy": None}  # KL alone: a 60-step model's answers are never confident
-    completed = run_sweep_cli(write_spec(tmp_path / "train.yaml", spec), tmp_path, timeout=600)
+    env = shared_ray.env(tmp_path)
+    completed = run_sweep_cli(write_spec(tmp_path / "train.yaml", spec), tmp_path, timeout=600, env=env)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     client, _, children = runs_of(tmp_path, "trained")
     trained_run = children[0]
@@ -187,7 +189,7 @@ def test_inference_only_sweep_searches_halting_over_a_trained_trial_without_trai
         "metric": "halting/id/acc",
         "num_samples": 3,
     }
-    completed = run_sweep_cli(write_spec(tmp_path / "search.yaml", search), tmp_path, timeout=600)
+    completed = run_sweep_cli(write_spec(tmp_path / "search.yaml", search), tmp_path, timeout=600, env=env)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     _, _, evaluations = runs_of(tmp_path, "thresholds")
     assert len(evaluations) == 3

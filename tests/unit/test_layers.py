@@ -14,11 +14,21 @@ import pytest
 import rdt_core
 
 
-@pytest.mark.parametrize("module", ["rdt_core.report", "rdt_core.train", "rdt_core.train.__main__", "rdt_core.tracking"])
+# What each lower layer must not bring in with it: the sweep's Ray and Optuna, and for the report torch too
+# (it reads tracked runs and exports: a report of a sweep starts in a second).
+FORBIDDEN = {
+    "rdt_core.report": ("ray", "optuna", "torch"),
+    "rdt_core.train": ("ray", "optuna"),
+    "rdt_core.train.__main__": ("ray", "optuna"),
+    "rdt_core.tracking": ("ray", "optuna", "torch"),
+}
+
+
+@pytest.mark.parametrize("module", FORBIDDEN)
 def test_lower_layers_import_no_sweep_ray_or_optuna(module):
     check = (
         f"import sys, {module}; "
-        "found = sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'optuna') or m.startswith('rdt_core.sweep')); "
+        f"found = sorted(m for m in sys.modules if m.split('.')[0] in {FORBIDDEN[module]!r} or m.startswith('rdt_core.sweep')); "
         "print(found); sys.exit(1 if found else 0)"
     )
     completed = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
