@@ -53,8 +53,8 @@ def isolated_env(workdir: Path) -> dict[str, str]:
 
 
 class SharedRay:
-    """A local Ray started once (``ray start --head``, its own temp dir and ports) for the sweeps of one
-    test process that need nothing of a Ray of their own: each joins it, as a sweep joins a cluster, instead
+    """A local Ray started once (``ray start --head``, its own temp dir and ports) for the sweeps of a test
+    module that need nothing of a Ray of their own: each joins it, as a sweep joins a cluster, instead
     of starting and stopping an embedded Ray (seconds each, here). Tests that kill Ray's processes, count
     them or start it a special way keep their own (``isolated_env``)."""
 

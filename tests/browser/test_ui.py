@@ -54,9 +54,9 @@ HARMLESS_CONSOLE_ERRORS = {
 }
 
 
-def test_a_finished_sweep_shows_in_the_mlflow_ui_and_optuna_dashboard(browser, tmp_path, shared_ray):
+def test_a_finished_sweep_shows_in_the_mlflow_ui_and_optuna_dashboard(browser, tmp_path):
     spec = short_sweep_spec()
-    completed = run_sweep_cli(write_spec(tmp_path / "smoke.yaml", spec), tmp_path, timeout=600, env=shared_ray.env(tmp_path))
+    completed = run_sweep_cli(write_spec(tmp_path / "smoke.yaml", spec), tmp_path, timeout=600)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     sweep = read_sweep(tmp_path, spec)
 

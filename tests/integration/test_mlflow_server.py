@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 from tests.helpers import (
     LAUNCHER,
     free_port,
+    isolated_env,
     load_smoke_spec,
     run_sweep_cli,
     start_tracking_server,
@@ -22,7 +23,7 @@ from tests.helpers import (
 pytestmark = pytest.mark.slow
 
 
-def test_eight_concurrent_trials_log_through_a_postgres_backed_server(tmp_path, postgres_url, shared_ray):
+def test_eight_concurrent_trials_log_through_a_postgres_backed_server(tmp_path, postgres_url):
     artifacts = tmp_path / "artifacts"
     server, url = start_tracking_server(postgres_url, artifacts, tmp_path)
     try:
@@ -31,7 +32,7 @@ def test_eight_concurrent_trials_log_through_a_postgres_backed_server(tmp_path, 
                     resources={"workers_per_trial": 1, "cpus_per_worker": 0.25},
                     sampler={"type": "random", "seed": 0})
         spec["base"]["train"].update({"steps": 40, "eval_every": 10})
-        env = shared_ray.env(tmp_path)
+        env = isolated_env(tmp_path)
         env["MLFLOW_TRACKING_URI"] = url
         completed = run_sweep_cli(write_spec(tmp_path / "postgres.yaml", spec), tmp_path, timeout=600, env=env)
         assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]

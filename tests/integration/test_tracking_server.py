@@ -36,13 +36,13 @@ def tracking_server(tmp_path):
         stop_tracking_server(server)
 
 
-def test_sweep_logs_through_the_server_which_serves_its_diagrams(tmp_path, tracking_server, shared_ray):
+def test_sweep_logs_through_the_server_which_serves_its_diagrams(tmp_path, tracking_server):
     spec = load_smoke_spec()
     spec.update(name="served", num_samples=2, phase_diagrams=["overthinking", "halting"])
     spec["base"]["train"].update({"steps": 60, "eval_every": 30})
     workdir = tmp_path / "work"
     workdir.mkdir()
-    env = shared_ray.env(workdir)
+    env = isolated_env(workdir)
     env["MLFLOW_TRACKING_URI"] = tracking_server
     completed = run_sweep_cli(write_spec(workdir / "served.yaml", spec), workdir, timeout=600, env=env)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
