@@ -122,9 +122,11 @@ def build_splits(config: DataConfig) -> Splits:
                 continue
             n_trained = n_train if split == "id" else 0  # held-out facts are never composed in training
             wanted = n_trained + n_held
-            heads, relations = sample_distinct_walks(graph, allowed, hops, wanted, generator)
-            if heads.numel() < wanted:
+            found = n_distinct_walks(graph, allowed, hops)  # an error at once where the graph has too few
+            if found >= wanted:
+                heads, relations = sample_distinct_walks(graph, allowed, hops, wanted, generator)
                 found = heads.numel()
+            if found < wanted:
                 if found - n_trained >= 1:
                     remedy = f"at most {found - n_trained} can be held out"
                 else:  # the trained queries alone exceed the graph: only a smaller phi helps
@@ -175,6 +177,17 @@ def mark_trained_prefixes(queries: QuerySet, train: QuerySet, config: DataConfig
         keys = query_keys(queries.heads, queries.relations[:, :prefix_hops].clamp(min=0), config.n_relations)
         marked |= longer & torch.isin(keys, trained_keys)
     return replace(queries, prefix_trained=marked)
+
+
+def n_distinct_walks(graph: KnowledgeGraph, allowed: torch.Tensor, hops: int) -> int:
+    """How many distinct ``hops``-hop queries have every fact allowed (allowed: (n_relations, n_entities)
+    bool), counted from the last hop back: an entity's j + 1-hop walks are, over its allowed relations,
+    the j-hop walks of the tail each leads to. Sampling more than there are would go round after fruitless
+    round before giving up. Counted in float64 (deep walks outgrow int64): exact below 2**53."""
+    walks_from = torch.ones(graph.n_entities, dtype=torch.float64)  # (E,) the 0-hop walk of each entity
+    for _ in range(hops):
+        walks_from = (allowed * walks_from[graph.tails]).sum(0)  # (M, E) -> (E,)
+    return int(walks_from.sum().item())
 
 
 def sample_distinct_walks(

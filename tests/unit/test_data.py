@@ -1,9 +1,12 @@
+import itertools
+
+import pytest
 import torch
 
 from rdt_core.config import DataConfig
 from rdt_core.data import KnowledgeGraph, build_splits
 from rdt_core.data.nulls import candidate_masks, null_metrics
-from rdt_core.data.queries import QuerySet, sample_distinct_walks
+from rdt_core.data.queries import QuerySet, n_distinct_walks, sample_distinct_walks
 
 SYSTEMATIC = DataConfig(
     n_entities=40, n_relations=6, ood_fraction=0.25, inferred_ratio=2.0,
@@ -182,3 +185,19 @@ def test_eval_sets_sample_training_queries_per_hop_count():
     sets = splits.eval_sets(n_per_hop=30, seed=0)
     assert set(sets) == {"train", "id", "ood", "id_val", "ood_val"}
     assert [len(sets["train"].with_hops(k)) for k in (1, 2, 3)] == [30, 30, 30]
+
+
+@pytest.mark.parametrize("hops", [1, 2, 3])
+def test_the_count_of_distinct_walks_is_what_enumerating_every_walk_finds(hops):
+    graph = KnowledgeGraph.generate(9, 3, seed=4)
+    allowed = torch.rand(3, 9, generator=torch.Generator().manual_seed(hops)) < 0.6  # (M, E)
+    walks = set()
+    for head in range(9):
+        for relations in itertools.product(range(3), repeat=hops):
+            entity, ok = head, True
+            for relation in relations:
+                ok &= bool(allowed[relation, entity])
+                entity = int(graph.tails[relation, entity])
+            if ok:
+                walks.add((head, relations))
+    assert n_distinct_walks(graph, allowed, hops) == len(walks)
