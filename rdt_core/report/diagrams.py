@@ -154,7 +154,7 @@ def trial_rows(trials: list[Setting]) -> tuple[list[tuple[str, Setting]], str]:
     if len({tuple(t.params.get(key) for key in varying) for t in trials}) < len(trials):  # add what else differs
         varying += [key for key in varying_params(trials) if key not in GRAPH_PARAMS]
     ordered = sorted(trials, key=lambda t: (*(sortable(t, key) for key in varying), t.name))
-    labels = [", ".join(f"{short_name(key)}={t.params.get(key)}" for key in varying) for t in ordered]
+    labels = [", ".join(param_label(key, t.params.get(key)) for key in varying) for t in ordered]
     if not varying or len(set(labels)) < len(labels):
         labels = [f"{text} ({t.name})" if text else t.name for text, t in zip(labels, ordered)]
     title = " and ".join(GRAPH_PARAMS[key][1] if key in GRAPH_PARAMS else short_name(key) for key in varying) or (
@@ -166,6 +166,16 @@ def trial_rows(trials: list[Setting]) -> tuple[list[tuple[str, Setting]], str]:
 def short_name(key: str) -> str:
     """A param's name in a row label: the graph's symbols (N, φ), else its last dotted part."""
     return GRAPH_PARAMS[key][0] if key in GRAPH_PARAMS else key.rsplit(".", 1)[-1]
+
+
+def param_label(key: str, value: str | None) -> str:
+    """``name=value`` in a label, a fraction to 4 significant digits (``lr=0.003575``, where the param
+    holds a sampled 0.003574716038555324); integers, text and short numbers as they are."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return f"{short_name(key)}={value}"
+    return f"{short_name(key)}={value if number.is_integer() or len(str(value)) <= 6 else f'{number:.4g}'}"
 
 
 def sortable(setting: Setting, key: str) -> tuple[float, str]:
@@ -198,7 +208,7 @@ def halting(sweep: Sweep) -> Figure:
 
 def setting_name(setting: Setting, varying: list[str]) -> str:
     """A setting's name with the values of the params that tell it apart: ``halting-001 ×3 (loops_sampling=fixed)``."""
-    values = ", ".join(f"{short_name(key)}={setting.params.get(key)}" for key in varying)
+    values = ", ".join(param_label(key, setting.params.get(key)) for key in varying)
     return f"{setting.name} ({values})" if values else setting.name
 
 

@@ -17,7 +17,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from rdt_core.report import DIAGRAMS, ReportError, draw_report, pareto_front
 from rdt_core.report.__main__ import main
-from rdt_core.report.diagrams import depth, draw_export, grokking, halting, overthinking, trained_loops_panel
+from rdt_core.report.diagrams import depth, draw_export, grokking, halting, overthinking, param_label, trained_loops_panel
 from rdt_core.report.export import export_sweep, load_export
 from rdt_core.report.render import PLOTLY_JS
 from rdt_core.report.runs import REPLICATE_PARAM, Spread, Sweep, Trial, group_replicates, load_sweep
@@ -393,3 +393,10 @@ def test_the_trained_loops_panel_never_averages_a_plain_transformer_with_a_loope
     assert panel.values == [curves["looped"], curves["vanilla"]]
     assert panel.marks[1].points == [("2", "looped R=2"), ("2", "vanilla R=2")]  # the trained R of each row
     assert trained_loops_panel(trials[:2]).y == ["2"]  # one architecture: rows are R alone, as before
+
+
+def test_a_sampled_value_in_a_legend_is_shown_to_four_significant_digits():
+    assert param_label("train.lr", "0.003574716038555324") == "lr=0.003575"
+    assert [param_label("train.train_loops", "4"), param_label("data.inferred_ratio", "2.5")] == ["train_loops=4", "φ=2.5"]
+    assert param_label("train.loops_sampling", "poisson") == "loops_sampling=poisson"
+    assert param_label("train.weight_decay", "0.1") == "weight_decay=0.1"
