@@ -208,10 +208,23 @@ class TrainConfig(ConfigSection):
     lr: float = Field(3e-3, gt=0.0, le=1.0)
     weight_decay: float = Field(1.0, ge=0.0, description="strong decay speeds up generalization")
     warmup_steps: int = Field(50, ge=0)
+    lr_schedule: Literal["cosine", "constant", "linear"] = Field(
+        "cosine",
+        description="after the linear warm-up: cosine to a tenth of lr at the last step; constant (the paper's "
+        "code, in effect); linear to 0 at the last step",
+    )
+    label_smoothing: float = Field(
+        0.0, ge=0.0, lt=1.0, description="of the training loss over the entities (the paper's code: 0.1, over its vocabulary)"
+    )
     grad_clip: float = Field(1.0, gt=0.0)
     train_loops: int = Field(4, ge=1, description="R, or its mean when sampled")
     loops_sampling: Literal["fixed", "poisson"] = Field(
-        "fixed", description="poisson: R drawn per batch from Poisson(train_loops), clipped to 1..max_loops"
+        "fixed",
+        description="poisson: R drawn per batch from Poisson(train_loops), clipped to sampled_loops_min..sampled_loops_max",
+    )
+    sampled_loops_min: int = Field(1, ge=1, description="the least R a Poisson draw is clipped to (the paper: 2)")
+    sampled_loops_max: int | None = Field(
+        None, ge=1, description="the most R a Poisson draw is clipped to; default model.max_loops (the paper: 8)"
     )
     backprop_loops: int | None = Field(
         None, ge=1, description="truncated backprop: gradients flow through only the last this many loops"
@@ -302,6 +315,15 @@ class ExperimentConfig(ConfigSection):
             raise ValueError(
                 f"train.train_loops ({self.train.train_loops}) exceeds "
                 f"model.max_loops ({self.model.max_loops})"
+            )
+        if (self.train.sampled_loops_max or 0) > self.model.max_loops:
+            raise ValueError(
+                f"train.sampled_loops_max ({self.train.sampled_loops_max}) exceeds model.max_loops ({self.model.max_loops})"
+            )
+        if self.train.sampled_loops_min > (self.train.sampled_loops_max or self.model.max_loops):
+            raise ValueError(
+                f"train.sampled_loops_min ({self.train.sampled_loops_min}) exceeds the most R drawn "
+                f"({self.train.sampled_loops_max or self.model.max_loops})"
             )
         if (self.eval.patching_loops or 0) > self.model.max_loops:
             raise ValueError(

@@ -54,17 +54,23 @@ from rdt_core.train.replicas import combine, replica_config
 
 
 def learning_rate_at(step: int, config: ExperimentConfig) -> float:
-    """Linear warm-up, then cosine decay to a tenth of the peak at the last step."""
+    """Linear warm-up, then ``train.lr_schedule``: cosine decay to a tenth of the peak at the last step,
+    the peak held (constant), or linear decay to zero at the last step."""
     train = config.train
     if step < train.warmup_steps:
         return train.lr * (step + 1) / train.warmup_steps
     progress = (step - train.warmup_steps) / max(1, train.steps - train.warmup_steps)
+    if train.lr_schedule == "constant":
+        return train.lr
+    if train.lr_schedule == "linear":
+        return train.lr * (1.0 - progress)
     return train.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
 class LoopSampler:
-    """R for each step: fixed, or Poisson(train_loops) clipped to 1..max_loops. One CPU stream seeded
-    alike on every worker, so data-parallel workers unroll the same depth at every step."""
+    """R for each step: fixed, or Poisson(train_loops) clipped to ``sampled_loops_min`` ..
+    ``sampled_loops_max`` (default 1 .. model.max_loops). One CPU stream seeded alike on every worker, so
+    data-parallel workers unroll the same depth at every step."""
 
     def __init__(self, config: ExperimentConfig):
         self.config = config
@@ -76,7 +82,7 @@ class LoopSampler:
             return train.train_loops
         rate = torch.tensor(float(train.train_loops))
         drawn = int(torch.poisson(rate, generator=self.generator).item())
-        return min(max(drawn, 1), self.config.model.max_loops)
+        return min(max(drawn, train.sampled_loops_min), train.sampled_loops_max or self.config.model.max_loops)
 
 
 def phase_metric(split: str) -> str:
@@ -206,17 +212,17 @@ class TrainedModels:
         return self.plain
 
 
-def replica_losses(logits: torch.Tensor, answers: torch.Tensor, n_replicas: int) -> torch.Tensor:
-    """Each replica's cross-entropy, averaged over the loops read out and its slice of the batch:
-    logits (L, K * B, E) and answers (K * B,), replica-major -> (K,).
+def replica_losses(logits: torch.Tensor, answers: torch.Tensor, n_replicas: int, label_smoothing: float) -> torch.Tensor:
+    """Each replica's cross-entropy (smoothed by ``label_smoothing``), averaged over the loops read out and
+    its slice of the batch: logits (L, K * B, E) and answers (K * B,), replica-major -> (K,).
 
     One replica takes ``F.cross_entropy``'s own mean, as a single run always has: it sums in another
     order than ``Tensor.mean`` and would change the last bit of the reported loss (not the gradient).
     """
     flat_logits, flat_answers = logits.flatten(0, 1).float(), answers.repeat(len(logits))  # (L * K * B, E), (L * K * B,)
     if n_replicas == 1:
-        return F.cross_entropy(flat_logits, flat_answers).unsqueeze(0)  # (1,)
-    per_query = F.cross_entropy(flat_logits, flat_answers, reduction="none")  # (L * K * B,)
+        return F.cross_entropy(flat_logits, flat_answers, label_smoothing=label_smoothing).unsqueeze(0)  # (1,)
+    per_query = F.cross_entropy(flat_logits, flat_answers, reduction="none", label_smoothing=label_smoothing)  # (L * K * B,)
     return per_query.view(len(logits), n_replicas, -1).mean((0, 2))  # (K,)
 
 
@@ -260,6 +266,7 @@ def train_worker(
     sample_loops = LoopSampler(config)  # one depth for all replicas: the config refuses sampled R with K > 1
     curricula = [Curriculum(replica, train_set) for replica in configs]
     progressive = config.train.progressive_loss_weight > 0
+    smoothing = config.train.label_smoothing
     progress = [Progress(curriculum_max_hops=curriculum.max_hops) for curriculum in curricula]
     if resume_from is not None:
         saved = restore_training_state(
@@ -286,9 +293,9 @@ def train_worker(
             logits = models.network(
                 tokens, n_loops, every_loop=progressive, backprop_loops=config.train.backprop_loops
             )  # (n_loops or 1, K * B, E)
-            loss = replica_losses(logits[-1:], answers, n_replicas)  # (K,) final-loop loss
+            loss = replica_losses(logits[-1:], answers, n_replicas, smoothing)  # (K,) final-loop loss
             if progressive:
-                loss = loss + config.train.progressive_loss_weight * replica_losses(logits, answers, n_replicas)
+                loss = loss + config.train.progressive_loss_weight * replica_losses(logits, answers, n_replicas, smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.sum().backward()  # replicas share no weight: each slice of a gradient is its replica's own
         models.clip_gradients(config.train.grad_clip)

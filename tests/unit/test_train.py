@@ -1,5 +1,6 @@
 import re
 import shutil
+from collections import Counter
 
 import pytest
 import torch
@@ -7,7 +8,7 @@ import torch
 from rdt_core.config import ConfigError, ExperimentConfig
 from rdt_core.data import build_splits
 from rdt_core.train import CHECKPOINT_FILE, is_resumable, reported_metric_names, split_hop_counts, train_worker
-from rdt_core.train.worker import Curriculum
+from rdt_core.train.worker import Curriculum, LoopSampler, learning_rate_at
 from tests.helpers import TINY_CONFIG as TINY
 
 
@@ -214,3 +215,52 @@ def test_a_checkpoint_missing_a_file_or_cut_short_is_not_resumable(tmp_path):
     state.unlink()
     assert not is_resumable(kept)
     assert not is_resumable(tmp_path / "nothing-here")
+
+
+@pytest.mark.parametrize(
+    "schedule, after_warmup, at_the_end",
+    [("cosine", 1e-2, 1e-3), ("constant", 1e-2, 1e-2), ("linear", 1e-2, 0.0)],
+)
+def test_each_schedule_warms_up_then_decays_as_named(schedule, after_warmup, at_the_end):
+    config = ExperimentConfig.from_dict(
+        TINY, {"train.lr": 1e-2, "train.warmup_steps": 10, "train.steps": 110, "train.lr_schedule": schedule}
+    )
+    assert [learning_rate_at(step, config) for step in (0, 9)] == pytest.approx([1e-3, 1e-2])  # the warm-up
+    assert learning_rate_at(10, config) == pytest.approx(after_warmup)
+    assert learning_rate_at(110, config) == pytest.approx(at_the_end, abs=1e-12)
+    rates = [learning_rate_at(step, config) for step in range(10, 111)]
+    assert all(later <= earlier for earlier, later in zip(rates, rates[1:]))  # never rises after the warm-up
+
+
+def test_poisson_loops_are_clipped_to_the_configured_range():
+    config = ExperimentConfig.from_dict(TINY, {
+        "model.max_loops": 8, "train.train_loops": 4, "train.loops_sampling": "poisson",
+        "train.sampled_loops_min": 2, "train.sampled_loops_max": 6,
+    })
+    sample = LoopSampler(config)
+    drawn = Counter(sample() for _ in range(2000))
+    assert set(drawn) == {2, 3, 4, 5, 6}  # Poisson(4) reaches below 2 and above 6: both clipped
+    unclipped = LoopSampler(ExperimentConfig.from_dict(config.model_dump(), {"train.sampled_loops_min": 1,
+                                                                              "train.sampled_loops_max": None}))
+    assert min(unclipped() for _ in range(2000)) < 2  # the default range is 1..max_loops, as before
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [({"train.sampled_loops_max": 5}, "train.sampled_loops_max"),  # max_loops is 4
+     ({"train.sampled_loops_min": 4, "train.sampled_loops_max": 3}, "train.sampled_loops_min"),
+     ({"train.label_smoothing": 1.0}, "train.label_smoothing"),
+     ({"train.lr_schedule": "step"}, "train.lr_schedule")],
+)
+def test_a_recipe_option_out_of_range_is_refused_naming_it(overrides, key):
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        ExperimentConfig.from_dict(TINY, overrides)
+
+
+def test_label_smoothing_changes_the_training_loss_and_nothing_else_of_the_recipe():
+    plain, smoothed = (
+        run(ExperimentConfig.from_dict(TINY, {"train.steps": 20, "train.eval_every": 20, "train.label_smoothing": ls}))
+        for ls in (0.0, 0.1)
+    )
+    assert smoothed[0]["loss/train"] > plain[0]["loss/train"]  # smoothed targets are never fitted to zero loss
+    assert smoothed[0]["lr"] == plain[0]["lr"] and smoothed[0]["step"] == plain[0]["step"]
