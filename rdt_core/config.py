@@ -234,7 +234,21 @@ class TrainConfig(ConfigSection):
     )
     curriculum: bool = Field(False, description="start at 2 hops; add hop k+1 once hop k is learnt")
     curriculum_level: float = Field(
-        0.9, gt=0.0, le=1.0, description="train accuracy (at its best inference loop count) that unlocks a hop"
+        0.9, gt=0.0, le=1.0, description="accuracy at hop k (at its best inference loop count) that unlocks hop k+1"
+    )
+    curriculum_signal: Literal["train", "validation"] = Field(
+        "train",
+        description="whose accuracy at hop k unlocks hop k+1: the training sample's, or the id validation split's "
+        "(held out, as the paper's code reads its test split)",
+    )
+    curriculum_restart: bool = Field(
+        False, description="each curriculum stage starts with a fresh optimizer and its own warm-up (the paper's code)"
+    )
+    curriculum_lr_decay: float = Field(
+        1.0, gt=0.0, le=1.0, description="each curriculum stage's peak lr is this times the last one's (the paper: 0.9)"
+    )
+    curriculum_lr_floor: float = Field(
+        0.0, ge=0.0, description="the least peak lr a decayed stage keeps (the paper: 2e-5)"
     )
     eval_every: int = Field(250, ge=1, description="steps between evaluations")
     checkpoint_every: int | None = Field(
@@ -258,6 +272,17 @@ class TrainConfig(ConfigSection):
                 f"checkpoint_every ({self.checkpoint_every}) must be a multiple of eval_every ({self.eval_every}): "
                 "a checkpoint travels with an evaluation's report"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _stages_share_one_optimizer_across_replicas(self) -> "TrainConfig":
+        if self.replicas > 1 and (self.curriculum_restart or self.curriculum_lr_decay < 1.0):
+            raise ValueError(
+                "replicas > 1 needs curriculum_restart: false and curriculum_lr_decay: 1 (the replicas' stages "
+                "begin at different steps, and one optimizer steps them all)"
+            )
+        if self.curriculum_lr_floor > self.lr:
+            raise ValueError(f"curriculum_lr_floor ({self.curriculum_lr_floor}) exceeds lr ({self.lr})")
         return self
 
     @model_validator(mode="after")

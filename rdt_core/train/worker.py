@@ -53,18 +53,25 @@ from rdt_core.train.devices import pick_device, rank_and_world_size
 from rdt_core.train.replicas import combine, replica_config
 
 
-def learning_rate_at(step: int, config: ExperimentConfig) -> float:
+def learning_rate_at(step: int, config: ExperimentConfig, stage: int = 0, stage_start: int = 0) -> float:
     """Linear warm-up, then ``train.lr_schedule``: cosine decay to a tenth of the peak at the last step,
-    the peak held (constant), or linear decay to zero at the last step."""
+    the peak held (constant), or linear decay to zero at the last step.
+
+    A curriculum stage (``stage`` unlocks so far, the latest at step ``stage_start``) peaks at lr x
+    ``curriculum_lr_decay`` ** stage, not below ``curriculum_lr_floor``, and with ``curriculum_restart`` warms
+    up again from its first step; the decay after the warm-up runs over the whole run either way.
+    """
     train = config.train
-    if step < train.warmup_steps:
-        return train.lr * (step + 1) / train.warmup_steps
-    progress = (step - train.warmup_steps) / max(1, train.steps - train.warmup_steps)
+    peak = train.lr if stage == 0 else max(train.lr * train.curriculum_lr_decay**stage, train.curriculum_lr_floor)
+    since_warmup_began = step - (stage_start if train.curriculum_restart else 0)
+    if since_warmup_began < train.warmup_steps:
+        return peak * (since_warmup_began + 1) / train.warmup_steps
+    progress = max(0, step - train.warmup_steps) / max(1, train.steps - train.warmup_steps)
     if train.lr_schedule == "constant":
-        return train.lr
+        return peak
     if train.lr_schedule == "linear":
-        return train.lr * (1.0 - progress)
-    return train.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+        return peak * (1.0 - progress)
+    return peak * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
 class LoopSampler:
@@ -141,15 +148,22 @@ def end_of_run_metrics(
 
 class Curriculum:
     """Which hop counts are trained now: all of them, or (with ``train.curriculum``) atomic facts and
-    2 hops first, adding hop k + 1 once the training accuracy at hop k reaches ``curriculum_level`` at
-    its best inference loop count. The best loop count, not the trained R: a model that answers k hops
-    with more loops than R (or with sampled R) can do the hop, and would otherwise never unlock the next."""
+    2 hops first, adding hop k + 1 once the accuracy at hop k reaches ``curriculum_level`` at its best
+    inference loop count: the training sample's accuracy, or (``curriculum_signal: validation``, the
+    paper's rule) the id validation split's. The best loop count, not the trained R: a model that answers
+    k hops with more loops than R (or with sampled R) can do the hop, and would otherwise never unlock the
+    next. ``stage`` counts the hops unlocked so far."""
 
     def __init__(self, config: ExperimentConfig, train_set: QuerySet):
         self.config = config
         self.train_set = train_set
-        self.max_hops = min(2, config.data.train_max_hops) if config.train.curriculum else config.data.train_max_hops
+        self.first_max_hops = min(2, config.data.train_max_hops) if config.train.curriculum else config.data.train_max_hops
+        self.max_hops = self.first_max_hops
         self.eligible = self._eligible()
+
+    @property
+    def stage(self) -> int:
+        return self.max_hops - self.first_max_hops
 
     def _eligible(self) -> torch.Tensor:
         return (self.train_set.hops <= self.max_hops).nonzero().squeeze(1)  # (n_eligible,)
@@ -159,12 +173,23 @@ class Curriculum:
         self.max_hops = max_hops
         self.eligible = self._eligible()
 
-    def update(self, metrics: dict[str, float]) -> None:
-        by_loop = [metrics.get(names.ACC_HOPS_LOOP.name(split="train", hops=self.max_hops, loop=loop), 0.0)
-                   for loop in range(1, self.config.model.max_loops + 1)]
-        level_reached = max(by_loop) >= self.config.train.curriculum_level
-        if self.config.train.curriculum and level_reached and self.max_hops < self.config.data.train_max_hops:
+    def accuracy(self, metrics: dict[str, float]) -> float:
+        """The accuracy at the current top hop count that decides whether the next one unlocks."""
+        if self.config.train.curriculum_signal == "validation":  # chosen on itself: its best loop count
+            return metrics.get(names.ACC_HOPS_CHOSEN.name(split="id_val", hops=self.max_hops), 0.0)
+        return max(metrics.get(names.ACC_HOPS_LOOP.name(split="train", hops=self.max_hops, loop=loop), 0.0)
+                   for loop in range(1, self.config.model.max_loops + 1))
+
+    def update(self, metrics: dict[str, float]) -> bool:
+        """Unlock the next hop count where the level is reached; returns whether it did."""
+        unlocks = (
+            self.config.train.curriculum
+            and self.max_hops < self.config.data.train_max_hops
+            and self.accuracy(metrics) >= self.config.train.curriculum_level
+        )
+        if unlocks:
             self.set_max_hops(self.max_hops + 1)
+        return unlocks
 
 
 @dataclass
@@ -175,6 +200,7 @@ class Progress:
     elapsed_s: float = 0.0  # training time before this process started (a resumed run)
     phase_steps: dict[str, int] = field(default_factory=dict)  # split -> step its accuracy reached phase_level
     curriculum_max_hops: int | None = None
+    stage_started_at: int = 0  # the step at which the curriculum last unlocked a hop count
 
 
 class TrainedModels:
@@ -282,7 +308,7 @@ def train_worker(
     phase_splits = [split for split in eval_sets[0] if not names.is_validation(split)]
     for step in range(resumed_from_step + 1, config.train.steps + 1):
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate_at(step - 1, config)
+            group["lr"] = learning_rate_at(step - 1, config, curricula[0].stage, progress[0].stage_started_at)
         picked = torch.cat([
             curriculum.eligible[torch.randint(len(curriculum.eligible), (worker_batch,), device=device, generator=stream)]
             for curriculum, stream in zip(curricula, batch_generators)
@@ -317,7 +343,10 @@ def train_worker(
                     elapsed_s, resumed_from_step,
                 ))
                 record_phases(metrics, state.phase_steps, phase_splits, step, config)
-                curriculum.update(metrics)
+                if curriculum.update(metrics):
+                    state.stage_started_at = step
+                    if config.train.curriculum_restart:  # one replica: the config refuses restarts with several
+                        optimizer = make_optimizer(models.trained.parameters(), config, device)
                 state.step, state.curriculum_max_hops = step, curriculum.max_hops
             loss_sum.zero_()
             loops_sum, step_count = 0, 0

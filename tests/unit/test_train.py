@@ -8,7 +8,8 @@ import torch
 from rdt_core.config import ConfigError, ExperimentConfig
 from rdt_core.data import build_splits
 from rdt_core.train import CHECKPOINT_FILE, is_resumable, reported_metric_names, split_hop_counts, train_worker
-from rdt_core.train.worker import Curriculum, LoopSampler, learning_rate_at
+from rdt_core.train import worker
+from rdt_core.train.worker import Curriculum, LoopSampler, learning_rate_at, make_optimizer
 from tests.helpers import TINY_CONFIG as TINY
 
 
@@ -136,7 +137,11 @@ class Interrupted(Exception):
 
 @pytest.mark.parametrize("overrides", [{}, {"train.loops_sampling": "poisson", "model.max_loops": 6,
                                             "train.curriculum": True, "data.train_max_hops": 3,
-                                            "train.curriculum_level": 0.01}], ids=["fixed", "sampled-curriculum"])
+                                            "train.curriculum_level": 0.01},
+                                       {"train.curriculum": True, "data.train_max_hops": 3, "train.curriculum_level": 0.01,
+                                        "train.curriculum_restart": True,
+                                        "train.curriculum_lr_decay": 0.5, "train.warmup_steps": 30}],
+                         ids=["fixed", "sampled-curriculum", "paper-curriculum"])
 def test_a_run_resumed_from_its_checkpoint_ends_as_if_never_stopped(tmp_path, overrides):
     torch.set_num_threads(1)
     config = ExperimentConfig.from_dict(TINY, {**overrides, "train.checkpoint_every": 20})
@@ -248,6 +253,8 @@ def test_poisson_loops_are_clipped_to_the_configured_range():
 @pytest.mark.parametrize(
     "overrides, key",
     [({"train.sampled_loops_max": 5}, "train.sampled_loops_max"),  # max_loops is 4
+     ({"train.replicas": 2, "train.curriculum_restart": True}, "train"),
+     ({"train.curriculum_lr_floor": 1.0}, "train"),
      ({"train.sampled_loops_min": 4, "train.sampled_loops_max": 3}, "train.sampled_loops_min"),
      ({"train.label_smoothing": 1.0}, "train.label_smoothing"),
      ({"train.lr_schedule": "step"}, "train.lr_schedule")],
@@ -264,3 +271,47 @@ def test_label_smoothing_changes_the_training_loss_and_nothing_else_of_the_recip
     )
     assert smoothed[0]["loss/train"] > plain[0]["loss/train"]  # smoothed targets are never fitted to zero loss
     assert smoothed[0]["lr"] == plain[0]["lr"] and smoothed[0]["step"] == plain[0]["step"]
+
+
+def test_the_papers_curriculum_unlocks_exactly_at_the_level_of_held_out_accuracy():
+    config = ExperimentConfig.from_dict(TINY, {
+        "train.curriculum": True, "data.train_max_hops": 3, "train.curriculum_level": 0.95,
+        "train.curriculum_signal": "validation",
+    })
+    curriculum = Curriculum(config, build_splits(config.data).train)
+    training_says_yes = {"acc/train/hops_2/loop_02": 1.0}
+    assert not curriculum.update({**training_says_yes, "acc/id_val/hops_2/chosen": 0.9499})
+    assert curriculum.max_hops == 2 and curriculum.stage == 0
+    assert curriculum.update({"acc/id_val/hops_2/chosen": 0.95})
+    assert curriculum.max_hops == 3 and curriculum.stage == 1
+    assert not curriculum.update({"acc/id_val/hops_3/chosen": 1.0})  # the deepest trained hop count: done
+
+
+def test_a_curriculum_stage_warms_up_again_at_a_decayed_peak_not_below_the_floor():
+    config = ExperimentConfig.from_dict(TINY, {
+        "train.lr": 1e-2, "train.warmup_steps": 10, "train.steps": 1000, "train.lr_schedule": "constant",
+        "train.curriculum": True, "train.curriculum_restart": True, "train.curriculum_lr_decay": 0.5,
+        "train.curriculum_lr_floor": 3e-3,
+    })
+    assert learning_rate_at(500, config) == pytest.approx(1e-2)
+    assert learning_rate_at(500, config, stage=1, stage_start=500) == pytest.approx(5e-3 / 10)  # warming up
+    assert learning_rate_at(509, config, stage=1, stage_start=500) == pytest.approx(5e-3)
+    assert learning_rate_at(900, config, stage=2, stage_start=800) == pytest.approx(3e-3)  # 2.5e-3, floored
+    no_restart = ExperimentConfig.from_dict(config.model_dump(), {"train.curriculum_restart": False})
+    assert learning_rate_at(500, no_restart, stage=1, stage_start=500) == pytest.approx(5e-3)
+
+
+def test_with_restarts_each_stage_begins_with_a_fresh_optimizer_and_its_warm_up(monkeypatch):
+    torch.set_num_threads(1)
+    config = ExperimentConfig.from_dict(TINY, {
+        "train.curriculum": True, "data.train_max_hops": 3, "train.curriculum_level": 0.01,
+        "train.curriculum_restart": True, "train.warmup_steps": 30,
+        "train.steps": 40, "train.eval_every": 20, "train.lr_schedule": "constant",
+    })
+    optimizers = []
+    monkeypatch.setattr(worker, "make_optimizer", lambda *args: optimizers.append(make_optimizer(*args)) or optimizers[-1])
+    first, second = run(config)
+    assert [first["curriculum/max_hops"], second["curriculum/max_hops"]] == [2.0, 3.0]  # unlocked at step 20
+    assert len(optimizers) == 2  # the run's, and the second stage's
+    assert first["lr"] == pytest.approx(config.train.lr * 20 / 30)  # the run's own warm-up, 20 of 30 steps in
+    assert second["lr"] == pytest.approx(config.train.lr * 20 / 30)  # the new stage's: 20 steps since step 20
