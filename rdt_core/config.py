@@ -183,11 +183,31 @@ class ModelConfig(ConfigSection):
         "the input injected once; unshared: the same distinct copies with the input re-injected before "
         "each, the looped model's computation without the weight sharing",
     )
-    injection: Literal["add", "norm", "concat"] = Field(
+    injection: Literal["add", "norm", "concat", "none"] = Field(
         "add",
         description="how each loop takes in the input: add (state + input), norm (RMS-normalised state + "
         "input: the state entering a loop stays bounded), concat (a learnt adapter of [state; input], "
-        "starting as their sum)",
+        "starting as their sum), none (the input enters once, before the first loop: the paper's "
+        "systematicity models)",
+    )
+    block: Literal["rdt", "gpt2"] = Field(
+        "rdt",
+        description="rdt: RMSNorm, no biases, exact GELU; gpt2: the paper's GPT-2 block (LayerNorm eps 1e-5 and "
+        "biases everywhere, tanh GELU, model.dropout, GPT-2's initialisation)",
+    )
+    positions: Literal["rope", "learned", "sinusoidal", "none"] = Field(
+        "rope",
+        description="rope: rotary, in attention (no cap on length); learned (the paper's systematicity models) or "
+        "sinusoidal: added to the embedding, model.n_positions long; none",
+    )
+    n_positions: int = Field(64, ge=1, description="the position table's length (learned, sinusoidal positions)")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="on embeddings, attention and residual branches (the paper: 0.1)")
+    zero_init_output: bool = Field(
+        True, description="the looped core's output projections start at zero: a loop starts as the identity"
+    )
+    readout: Literal["entities", "vocabulary"] = Field(
+        "entities", description="the answer is read over the entity rows of the tied embedding, or over the whole "
+        "vocabulary (the paper's argmax)",
     )
 
     @model_validator(mode="after")
@@ -340,6 +360,18 @@ class ExperimentConfig(ConfigSection):
             raise ValueError(
                 f"train.train_loops ({self.train.train_loops}) exceeds "
                 f"model.max_loops ({self.model.max_loops})"
+            )
+        query_length = self.data.test_max_hops + 1
+        if self.model.positions in ("learned", "sinusoidal") and query_length > self.model.n_positions:
+            raise ValueError(
+                f"model.n_positions ({self.model.n_positions}) is shorter than the longest query "
+                f"({query_length} tokens, data.test_max_hops + 1)"
+            )
+        stacks = self.model.block == "rdt" and self.model.positions != "learned" and self.model.readout == "entities"
+        if self.train.replicas > 1 and not (stacks and self.model.dropout == 0.0):
+            raise ValueError(
+                "train.replicas > 1 stacks the default model only: model.block rdt, positions other than learned, "
+                "readout entities, dropout 0"
             )
         if (self.train.sampled_loops_max or 0) > self.model.max_loops:
             raise ValueError(

@@ -14,6 +14,13 @@ Design choices, and why:
 - Output projections of the core start at zero: at initialisation a loop is the identity plus injection,
   which keeps deep unrolls stable early in training.
 - Tied readout over the entity rows of the embedding: the answer is always an entity.
+
+The paper's own models (OSU-NLP-Group/Loop-Think-Generalize: GPT-2 blocks looped R times) are options of
+the same class, every one off by default: ``model.block: gpt2`` (LayerNorm and biases, tanh GELU,
+dropout, GPT-2's initialisation), ``positions: learned | sinusoidal | none`` in place of rotary,
+``injection: none`` (the input enters once, before the first loop), ``zero_init_output: false`` and
+``readout: vocabulary`` (argmax over every token). tests/unit/test_gpt2_reference.py holds them to a loop
+of transformers' own GPT2Block, logit for logit.
 """
 
 from __future__ import annotations
@@ -47,20 +54,45 @@ class Rotary(nn.Module):
         return rotated.flatten(-2)
 
 
-class Block(nn.Module):
-    """A pre-norm transformer layer: causal self-attention with rotary positions, then an MLP."""
+def drop(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Dropout while training, where there is any: the default model has none and pays nothing for it."""
+    return F.dropout(x, p) if training and p else x
 
-    def __init__(self, config: ModelConfig, rotary: Rotary, zero_init_output: bool):
+
+def sinusoidal_table(length: int, d_model: int) -> torch.Tensor:
+    """The fixed sine/cosine position table of the original transformer: -> (length, d_model)."""
+    position = torch.arange(length).float()[:, None]  # (T, 1)
+    frequency = torch.exp(torch.arange(0, d_model, 2).float() * (-math.log(10000.0) / d_model))  # (D/2,)
+    table = torch.zeros(length, d_model)
+    table[:, 0::2], table[:, 1::2] = torch.sin(position * frequency), torch.cos(position * frequency)
+    return table
+
+
+class Block(nn.Module):
+    """A pre-norm transformer layer: causal self-attention (rotary positions where ``rotary`` is given),
+    then an MLP. ``model.block: rdt`` has RMS norms, no biases and exact GELU; ``gpt2`` is GPT-2's block:
+    LayerNorm (eps 1e-5), biases, tanh GELU, dropout on attention and on both residual branches, and
+    GPT-2's initialisation (normal 0.02, the output projections scaled by 1 / sqrt(2 x core layers))."""
+
+    def __init__(self, config: ModelConfig, rotary: Rotary | None, zero_init_output: bool):
         super().__init__()
-        d_model = config.d_model
+        d_model, gpt2 = config.d_model, config.block == "gpt2"
         self.n_heads = config.n_heads
         self.rotary = rotary
-        self.attn_norm = nn.RMSNorm(d_model)
-        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
-        self.attn_out = nn.Linear(d_model, d_model, bias=False)
-        self.mlp_norm = nn.RMSNorm(d_model)
-        self.mlp_in = nn.Linear(d_model, config.mlp_ratio * d_model, bias=False)
-        self.mlp_out = nn.Linear(config.mlp_ratio * d_model, d_model, bias=False)
+        self.dropout = config.dropout
+        self.gelu = "tanh" if gpt2 else "none"
+        self.attn_norm = nn.LayerNorm(d_model, eps=1e-5) if gpt2 else nn.RMSNorm(d_model)
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=gpt2)
+        self.attn_out = nn.Linear(d_model, d_model, bias=gpt2)
+        self.mlp_norm = nn.LayerNorm(d_model, eps=1e-5) if gpt2 else nn.RMSNorm(d_model)
+        self.mlp_in = nn.Linear(d_model, config.mlp_ratio * d_model, bias=gpt2)
+        self.mlp_out = nn.Linear(config.mlp_ratio * d_model, d_model, bias=gpt2)
+        if gpt2:
+            for layer in (self.qkv, self.attn_out, self.mlp_in, self.mlp_out):
+                nn.init.normal_(layer.weight, std=0.02)
+                nn.init.zeros_(layer.bias)
+            for projection in (self.attn_out, self.mlp_out):
+                nn.init.normal_(projection.weight, std=0.02 / math.sqrt(2 * config.n_core_layers))
         if zero_init_output:
             nn.init.zeros_(self.attn_out.weight)
             nn.init.zeros_(self.mlp_out.weight)
@@ -70,10 +102,13 @@ class Block(nn.Module):
         batch, length, d_model = x.shape
         qkv = self.qkv(self.attn_norm(x)).view(batch, length, 3, self.n_heads, -1)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, T, Dh)
-        q, k = self.rotary(q), self.rotary(k)
-        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, T, Dh)
-        x = x + self.attn_out(attended.transpose(1, 2).reshape(batch, length, d_model))
-        return x + self.mlp_out(F.gelu(self.mlp_in(self.mlp_norm(x))))
+        if self.rotary is not None:
+            q, k = self.rotary(q), self.rotary(k)
+        attended = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, H, T, Dh)
+        x = x + drop(self.attn_out(attended.transpose(1, 2).reshape(batch, length, d_model)), self.dropout, self.training)
+        return x + drop(self.mlp_out(F.gelu(self.mlp_in(self.mlp_norm(x)), approximate=self.gelu)), self.dropout, self.training)
 
 
 class RecurrentDepthTransformer(nn.Module):
@@ -90,21 +125,28 @@ class RecurrentDepthTransformer(nn.Module):
         super().__init__()
         self.config = config
         self.vocab = vocab
-        rotary = Rotary(config.d_model // config.n_heads)
+        gpt2 = config.block == "gpt2"
+        rotary = Rotary(config.d_model // config.n_heads) if config.positions == "rope" else None
         self.embed = nn.Embedding(vocab.size, config.d_model)
-        nn.init.normal_(self.embed.weight, std=1.0 / math.sqrt(config.d_model))
+        nn.init.normal_(self.embed.weight, std=0.02 if gpt2 else 1.0 / math.sqrt(config.d_model))
+        self.position_embed = None
+        if config.positions == "learned":
+            self.position_embed = nn.Embedding(config.n_positions, config.d_model)
+            nn.init.normal_(self.position_embed.weight, std=0.02 if gpt2 else 1.0 / math.sqrt(config.d_model))
+        elif config.positions == "sinusoidal":
+            self.register_buffer("position_table", sinusoidal_table(config.n_positions, config.d_model), persistent=False)
         self.prelude = nn.ModuleList(
             Block(config, rotary, zero_init_output=False) for _ in range(config.n_prelude_layers)
         )
         self.core = nn.ModuleList(
-            nn.ModuleList(Block(config, rotary, zero_init_output=True) for _ in range(config.n_core_layers))
+            nn.ModuleList(Block(config, rotary, config.zero_init_output) for _ in range(config.n_core_layers))
             for _ in range(n_core_groups)
         )
         self.coda = nn.ModuleList(
             Block(config, rotary, zero_init_output=False) for _ in range(config.n_coda_layers)
         )
-        self.final_norm = nn.RMSNorm(config.d_model)
-        self.reinjects = config.architecture != "vanilla"
+        self.final_norm = nn.LayerNorm(config.d_model, eps=1e-5) if gpt2 else nn.RMSNorm(config.d_model)
+        self.reinjects = config.architecture != "vanilla" and config.injection != "none"
         self.state_norm = nn.RMSNorm(config.d_model) if config.injection == "norm" else None
         self.adapter = None
         if config.injection == "concat":
@@ -163,7 +205,13 @@ class RecurrentDepthTransformer(nn.Module):
     def encode(self, tokens: torch.Tensor, hook: Hook | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The injected input and the attention mask: tokens (B, T) -> (B, T, D), (B, 1, T, T)."""
         attn_mask = self.attention_mask(tokens)
-        injected = run_hook(hook, "embed", self.embed(tokens))
+        embedded = self.embed(tokens)  # (B, T, D)
+        if self.position_embed is not None:
+            embedded = embedded + self.position_embed.weight[: tokens.shape[1]]
+        elif self.config.positions == "sinusoidal":
+            embedded = embedded + self.position_table[: tokens.shape[1]]
+        embedded = drop(embedded, self.config.dropout, self.training)
+        injected = run_hook(hook, "embed", embedded)
         for index, layer in enumerate(self.prelude):
             injected = run_hook(hook, f"prelude.{index}", layer(injected, attn_mask))
         return injected, attn_mask
@@ -200,16 +248,18 @@ class RecurrentDepthTransformer(nn.Module):
         hook: Hook | None = None,
         all_positions: bool = False,
     ) -> torch.Tensor:
-        """Entity logits at the last position: state (B, T, D) -> (B, n_entities); with
-        ``all_positions``, at every position (B, T, n_entities), as the logit lens reads them."""
+        """Answer logits at the last position: state (B, T, D) -> (B, n_answers); with
+        ``all_positions``, at every position (B, T, n_answers), as the logit lens reads them. n_answers is
+        the entities (``model.readout: entities``), or the whole vocabulary, whose first rows they are."""
         for index, layer in enumerate(self.coda):
             state = run_hook(hook, f"coda.{loop}.{index}", layer(state, attn_mask))
         read = state if all_positions else state[:, -1]  # (B, T, D) or (B, D)
         return self.unembed(self.final_norm(read))
 
     def unembed(self, read: torch.Tensor) -> torch.Tensor:
-        """Entity logits through the tied embedding: read (..., D) -> (..., n_entities)."""
-        return read @ self.embed.weight[: self.vocab.n_entities].T
+        """Answer logits through the tied embedding: read (..., D) -> (..., n_answers)."""
+        rows = self.vocab.n_entities if self.config.readout == "entities" else self.vocab.size
+        return read @ self.embed.weight[:rows].T
 
     def attention_mask(self, tokens: torch.Tensor) -> torch.Tensor:
         """Causal attention to real tokens; a padding position attends to itself so no row is empty."""

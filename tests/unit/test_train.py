@@ -96,8 +96,13 @@ def test_overfits_one_small_graph():
         {"model.architecture": "unshared"},
         {"model.injection": "norm"},
         {"model.injection": "concat"},
+        {"model.block": "gpt2", "model.positions": "learned", "model.injection": "none", "model.dropout": 0.1,
+         "model.readout": "vocabulary", "model.zero_init_output": False, "train.label_smoothing": 0.1,
+         "train.lr_schedule": "constant"},
+        {"model.positions": "sinusoidal", "model.n_core_layers": 2, "train.lr_schedule": "linear"},
     ],
-    ids=["poisson", "truncated", "progressive", "curriculum", "vanilla", "unshared", "norm", "concat"],
+    ids=["poisson", "truncated", "progressive", "curriculum", "vanilla", "unshared", "norm", "concat", "paper",
+         "sinusoidal"],
 )
 def test_training_variants_run_and_report(overrides):
     torch.set_num_threads(1)
