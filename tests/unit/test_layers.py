@@ -21,6 +21,7 @@ FORBIDDEN = {
     "rdt_core.train": ("ray", "optuna"),
     "rdt_core.train.__main__": ("ray", "optuna"),
     "rdt_core.tracking": ("ray", "optuna", "torch"),
+    "rdt_core.evaluate": ("ray", "optuna", "mlflow"),
 }
 
 

@@ -1,0 +1,233 @@
+"""The paper's data directories, read as query sets this project evaluates.
+
+The paper (OSU-NLP-Group/Loop-Think-Generalize, on data made as OSU-NLP-Group/GrokkedTransformer makes it)
+keeps its data as JSON lists of items ``{"input_text": "<e_12><r_3><r_7>", "target_text":
+"<e_12><r_3><r_7><e_5></a>", "type": ...}`` beside a ``vocab.json`` (a list of token strings). Two layouts:
+
+- composition (systematicity): ``train.json`` (untyped) and ``test.json`` typed ``id_atomic``,
+  ``ood_atomic``, ``train_inferred``, ``test_inferred_iid``, ``test_inferred_ood``;
+- depth: ``train.json`` and ``test.json`` typed ``<k>hop_test`` (its test.json may hold other types too,
+  such as ``atomic_facts`` and ``<k>hop_train`` samples), or per-hop files ``<k>hop_train.json`` and
+  ``<k>hop_test.json`` (with ``atomic_facts.json`` where present), typed by their file names.
+
+Token ids are the paper loader's, so that a paper checkpoint's embedding rows line up: ``vocab.json``'s
+order, with ``<pad>`` put first when the file has none; tokens are the ``<...>`` pieces of a text; the answer
+is the last target token once a trailing ``</a>`` is dropped. Entity and relation ids therefore are where
+the file puts them, not this project's layout (entities first, padding last).
+
+Every test item keeps its paper type (the key its accuracy is reported under); ``split_of`` names the
+project split a type corresponds to: ``test_inferred_iid`` -> ``id``, ``test_inferred_ood`` -> ``ood``,
+``<k>hop_test`` -> ``id`` at hop count k; any other type (atomic facts, trained samples) is its own split.
+
+Validation: the paper has none (its valid.json repeats test items), so loop budgets would be chosen on the
+test split. ``read_paper_data(..., n_validation=n)`` draws, with a seeded generator, ``n`` items of each
+test type (at most half of the type) into ``validation["<type>"]`` and removes them from the type's test
+set, so what chooses a setting is never what measures it. By default nothing is drawn: the test sets are
+the paper's, whole, and accuracies compare with the paper's numbers.
+
+Inputs are right-padded with the pad id, as the paper pads them; within one type every item has the same
+length in both of the paper's constructions, so a type's rows carry no padding and the last position is
+each item's last input token.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rdt_core.data.queries import QuerySet
+from rdt_core.data.tokens import Vocabulary
+
+PAD = "<pad>"
+END_OF_ANSWER = "</a>"
+TOKEN = re.compile(r"<[^>]+>")
+COMPOSITION_TYPES = ("id_atomic", "ood_atomic", "train_inferred", "test_inferred_iid", "test_inferred_ood")
+HOP_TEST = re.compile(r"(\d+)hop_test")
+HOP_FILE = re.compile(r"(\d+)hop_(train|test)\.json")
+SPLIT_OF_TYPE = {"test_inferred_iid": "id", "test_inferred_ood": "ood"}
+
+
+class PaperFormatError(ValueError):
+    """A data directory this reader cannot take: the message names the file and the item or key."""
+
+
+@dataclass(frozen=True)
+class PaperVocabulary(Vocabulary):
+    """The paper's token ids. The model reads ``pad_token`` and ``size`` only (readout over the whole
+    vocabulary); ``n_entities`` and ``n_relations`` count the ``<e_...>`` and ``<r_...>`` tokens for
+    information, wherever they sit, so this project's ``encode`` (entities first) does not apply."""
+
+    tokens: tuple[str, ...] = (PAD,)
+
+    @property
+    def pad_token(self) -> int:
+        return self.tokens.index(PAD)
+
+    @property
+    def size(self) -> int:
+        return len(self.tokens)
+
+    def encode(self, heads: torch.Tensor, relations: torch.Tensor, length: int) -> torch.Tensor:
+        raise TypeError("the paper's token ids are read from its files; this project's layout does not apply")
+
+    @staticmethod
+    def from_file(path: Path) -> "PaperVocabulary":
+        """``vocab.json`` as the paper's loader reads it: ``<pad>`` first when the list has none."""
+        tokens = load_json(path)
+        if not isinstance(tokens, list) or not all(isinstance(token, str) for token in tokens):
+            raise PaperFormatError(f"{path}: expected a JSON list of token strings")
+        if len(set(tokens)) != len(tokens):
+            repeated = next(token for token in tokens if tokens.count(token) > 1)
+            raise PaperFormatError(f"{path}: token {repeated!r} is listed twice")
+        if PAD not in tokens:
+            tokens = [PAD, *tokens]
+        return PaperVocabulary(
+            n_entities=sum(token.startswith("<e_") for token in tokens),
+            n_relations=sum(token.startswith("<r_") for token in tokens),
+            tokens=tuple(tokens),
+        )
+
+
+@dataclass(frozen=True)
+class PaperData:
+    """A paper data directory: its vocabulary, training items and test items by the paper's type."""
+
+    directory: Path
+    layout: str  # "composition" or "depth"
+    vocab: PaperVocabulary
+    train: QuerySet
+    tests: dict[str, QuerySet]  # by paper type, in the order the types first appear
+    validation: dict[str, QuerySet]  # by paper type: drawn from its test items, disjoint from them
+
+    @staticmethod
+    def split_of(paper_type: str) -> str:
+        """The project split a paper type corresponds to (its own name where none does)."""
+        return "id" if HOP_TEST.fullmatch(paper_type) else SPLIT_OF_TYPE.get(paper_type, paper_type)
+
+
+def read_paper_data(directory: Path, n_validation: int = 0, seed: int = 0) -> PaperData:
+    """Read a data directory in either of the paper's layouts (module docstring); ``n_validation`` items
+    of each test type go to its validation set. A problem is a one-line ``PaperFormatError``."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise PaperFormatError(f"{directory}: not a directory")
+    vocab = PaperVocabulary.from_file(directory / "vocab.json")
+    per_hop = sorted(
+        (int(match[1]), match[2], path)
+        for path in directory.iterdir()
+        if (match := HOP_FILE.fullmatch(path.name))
+    )
+    if (directory / "test.json").exists():
+        test_items = typed_items(directory / "test.json", None)
+        layout = layout_of(directory / "test.json", [paper_type for paper_type, _, _, _ in test_items])
+        train_items = typed_items(directory / "train.json", "train")
+    elif any(kind == "test" for _, kind, _ in per_hop):
+        layout = "depth"
+        test_items = [item for hops, kind, path in per_hop if kind == "test" for item in typed_items(path, f"{hops}hop_test")]
+        atomic = directory / "atomic_facts.json"
+        train_items = typed_items(atomic, "atomic") if atomic.exists() else []
+        train_items += [item for hops, kind, path in per_hop if kind == "train" for item in typed_items(path, f"{hops}hop_train")]
+    else:
+        raise PaperFormatError(
+            f"{directory}: unknown layout: expected test.json or <k>hop_test.json files beside vocab.json"
+        )
+    by_type: dict[str, list[tuple[list[str], str, str]]] = {}
+    for paper_type, tokens, answer, where in test_items:
+        by_type.setdefault(paper_type, []).append((tokens, answer, where))
+    tests = {paper_type: to_query_set(items, vocab) for paper_type, items in by_type.items()}
+    train = to_query_set([(tokens, answer, where) for _, tokens, answer, where in train_items], vocab)
+    validation = {}
+    if n_validation:
+        generator = torch.Generator().manual_seed(seed)
+        for paper_type, queries in tests.items():
+            order = torch.randperm(len(queries), generator=generator)
+            drawn = min(n_validation, len(queries) // 2)
+            validation[paper_type] = queries.subset(order[:drawn].sort().values)
+            tests[paper_type] = queries.subset(order[drawn:].sort().values)
+    return PaperData(directory, layout, vocab, train, tests, validation)
+
+
+def load_json(path: Path) -> Any:
+    """A JSON file's content; a missing or malformed file is a one-line ``PaperFormatError``."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PaperFormatError(f"{path}: missing") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise PaperFormatError(f"{path}: cannot be read: {error}") from None
+    except json.JSONDecodeError as error:
+        raise PaperFormatError(f"{path}: not JSON: {error.msg} at line {error.lineno}, column {error.colno}") from None
+
+
+def typed_items(path: Path, default_type: str | None) -> list[tuple[str, list[str], str, str]]:
+    """A file's items as (type, input tokens, answer token, where): ``where`` names the file and item for
+    error messages. An item's own ``type`` wins; ``default_type`` types the items of untyped files
+    (None: every item must carry one)."""
+    items = load_json(path)
+    if not isinstance(items, list):
+        raise PaperFormatError(f"{path}: expected a JSON list of items")
+    read = []
+    for index, item in enumerate(items):
+        where = f"{path}: item {index}"
+        if not isinstance(item, dict):
+            raise PaperFormatError(f"{where}: expected an object with input_text and target_text")
+        for key in ("input_text", "target_text"):
+            if not isinstance(item.get(key), str):
+                raise PaperFormatError(f"{where}: key {key}: missing or not a string")
+        paper_type = item.get("type", default_type)
+        if not isinstance(paper_type, str):
+            raise PaperFormatError(f"{where}: key type: missing or not a string")
+        tokens = TOKEN.findall(item["input_text"])
+        target = TOKEN.findall(item["target_text"])
+        if target and target[-1] == END_OF_ANSWER:
+            target = target[:-1]
+        if not tokens or not target:
+            raise PaperFormatError(f"{where}: key {'input_text' if not tokens else 'target_text'}: no <...> token")
+        read.append((paper_type, tokens, target[-1], where))
+    return read
+
+
+def layout_of(path: Path, paper_types: list[str]) -> str:
+    """composition or depth, from the test types ``path`` holds; neither or both is an unknown layout."""
+    composition = any(paper_type in COMPOSITION_TYPES for paper_type in paper_types)
+    depth = any(HOP_TEST.fullmatch(paper_type) for paper_type in paper_types)
+    if composition == depth:
+        found = sorted(set(paper_types))[:6]
+        raise PaperFormatError(
+            f"{path}: key type: unknown layout: expected the composition types {', '.join(COMPOSITION_TYPES)} "
+            f"or depth types <k>hop_test, found {found}"
+        )
+    return "composition" if composition else "depth"
+
+
+def to_query_set(items: list[tuple[list[str], str, str]], vocab: PaperVocabulary) -> QuerySet:
+    """Items (input tokens, answer token, where) as a QuerySet in the paper's ids: ``tokens`` right-padded
+    with the pad id to the longest input, ``heads`` the first input id, ``relations`` the other input
+    ids (token ids, -1 beyond an item's length), ``hops`` their count; bridges are unknown (-1)."""
+    index = {token: position for position, token in enumerate(vocab.tokens)}
+    width = max((len(tokens) for tokens, _, _ in items), default=1)
+    rows = torch.full((len(items), width), vocab.pad_token, dtype=torch.long)  # (Q, L)
+    answers = torch.empty(len(items), dtype=torch.long)  # (Q,)
+    lengths = torch.empty(len(items), dtype=torch.long)  # (Q,)
+    for row, (tokens, answer, where) in enumerate(items):
+        for key, token in [*(("input_text", token) for token in tokens), ("target_text", answer)]:
+            if token not in index:
+                raise PaperFormatError(f"{where}: key {key}: token {token} is not in vocab.json")
+        rows[row, : len(tokens)] = torch.tensor([index[token] for token in tokens])
+        answers[row] = index[answer]
+        lengths[row] = len(tokens)
+    relations = rows[:, 1:].masked_fill(torch.arange(1, width) >= lengths[:, None], -1)  # (Q, L - 1)
+    return QuerySet(
+        heads=rows[:, 0],
+        relations=relations,
+        bridges=torch.full((len(items), max(0, width - 2)), -1, dtype=torch.long),
+        answers=answers,
+        hops=lengths - 1,
+        tokens=rows,
+        prefix_trained=torch.zeros(len(items), dtype=torch.bool),
+    )
