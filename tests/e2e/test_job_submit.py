@@ -21,9 +21,9 @@ NO_AGENT_YET = "No available agent to submit job"  # Ray's answer while the head
 
 
 def submit_when_the_head_takes_jobs(command: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    """``ray job submit``, again while Ray answers that the head's job agent is not up yet ("please try
-    again later", as it says: `ray start` returns before the agent registers, seconds later on a loaded
-    machine); any other outcome is returned as it is. A refused submission starts nothing."""
+    """``ray job submit``, again while Ray answers that the head has no job agent yet ("please try again
+    later", as it says: `ray start` returns before its agent registers); any other outcome is returned as it
+    is. A refused submission starts nothing."""
     deadline = time.monotonic() + 120  # a hang guard, not a speed check
     while True:
         submitted = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
@@ -56,7 +56,10 @@ def test_ray_job_submit_runs_the_smoke_sweep_into_mlflow(repo_copy):
     subprocess.run([ray, "get-auth-token", "--generate"], env=env, check=True, capture_output=True, timeout=60)
     try:
         subprocess.run(
+            # Every port its own: the dashboard agent's default (52365) is taken by any other Ray on the
+            # machine (the suite runs three tests at a time), and a head whose agent cannot bind takes no job.
             [ray, "start", "--head", f"--port={free_port()}", f"--dashboard-port={dashboard_port}",
+             f"--dashboard-agent-listen-port={free_port()}", f"--ray-client-server-port={free_port()}",
              "--num-cpus=2", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
             cwd=repo_copy, env=env, check=True, capture_output=True, text=True, timeout=180,
         )
