@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.max_loops < 1 or args.batch_size < 1 or args.n_validation < 0:
             raise CheckpointError(f"{args.checkpoint}: --max-loops and --batch-size must be at least 1, --n-validation at least 0")
         overrides = dict(parse_override(item) for item in args.overrides)
-        data = read_paper_data(args.data, args.n_validation, args.seed)
+        data = read_paper_data(args.data, args.n_validation, args.seed, with_train=False)
         model = load_any_checkpoint(args.checkpoint, data.vocab, overrides)
         check_lengths(data, model, args.pad_to, args.checkpoint)
         if not args.out.parent.is_dir():

@@ -95,12 +95,13 @@ class PaperVocabulary(Vocabulary):
 
 @dataclass(frozen=True)
 class PaperData:
-    """A paper data directory: its vocabulary, training items and test items by the paper's type."""
+    """A paper data directory: its vocabulary, training items (None where not read) and test items by the
+    paper's type."""
 
     directory: Path
     layout: str  # "composition" or "depth"
     vocab: PaperVocabulary
-    train: QuerySet
+    train: QuerySet | None
     tests: dict[str, QuerySet]  # by paper type, in the order the types first appear
     validation: dict[str, QuerySet]  # by paper type: drawn from its test items, disjoint from them
 
@@ -110,9 +111,11 @@ class PaperData:
         return "id" if HOP_TEST.fullmatch(paper_type) else SPLIT_OF_TYPE.get(paper_type, paper_type)
 
 
-def read_paper_data(directory: Path, n_validation: int = 0, seed: int = 0) -> PaperData:
+def read_paper_data(directory: Path, n_validation: int = 0, seed: int = 0, with_train: bool = True) -> PaperData:
     """Read a data directory in either of the paper's layouts (module docstring); ``n_validation`` items
-    of each test type go to its validation set. A problem is a one-line ``PaperFormatError``."""
+    of each test type go to its validation set. ``with_train=False`` leaves the training files unread
+    (an evaluation needs the tests only, and the paper's train.json is their largest file). A problem is
+    a one-line ``PaperFormatError``."""
     directory = Path(directory)
     if not directory.is_dir():
         raise PaperFormatError(f"{directory}: not a directory")
@@ -125,13 +128,13 @@ def read_paper_data(directory: Path, n_validation: int = 0, seed: int = 0) -> Pa
     if (directory / "test.json").exists():
         test_items = typed_items(directory / "test.json", None)
         layout = layout_of(directory / "test.json", [paper_type for paper_type, _, _, _ in test_items])
-        train_items = typed_items(directory / "train.json", "train")
+        train_files = [(directory / "train.json", "train")]
     elif any(kind == "test" for _, kind, _ in per_hop):
         layout = "depth"
         test_items = [item for hops, kind, path in per_hop if kind == "test" for item in typed_items(path, f"{hops}hop_test")]
         atomic = directory / "atomic_facts.json"
-        train_items = typed_items(atomic, "atomic") if atomic.exists() else []
-        train_items += [item for hops, kind, path in per_hop if kind == "train" for item in typed_items(path, f"{hops}hop_train")]
+        train_files = [(atomic, "atomic")] if atomic.exists() else []
+        train_files += [(path, f"{hops}hop_train") for hops, kind, path in per_hop if kind == "train"]
     else:
         raise PaperFormatError(
             f"{directory}: unknown layout: expected test.json or <k>hop_test.json files beside vocab.json"
@@ -140,7 +143,10 @@ def read_paper_data(directory: Path, n_validation: int = 0, seed: int = 0) -> Pa
     for paper_type, tokens, answer, where in test_items:
         by_type.setdefault(paper_type, []).append((tokens, answer, where))
     tests = {paper_type: to_query_set(items, vocab) for paper_type, items in by_type.items()}
-    train = to_query_set([(tokens, answer, where) for _, tokens, answer, where in train_items], vocab)
+    train = None
+    if with_train:
+        train_items = [item for path, paper_type in train_files for item in typed_items(path, paper_type)]
+        train = to_query_set([(tokens, answer, where) for _, tokens, answer, where in train_items], vocab)
     validation = {}
     if n_validation:
         generator = torch.Generator().manual_seed(seed)

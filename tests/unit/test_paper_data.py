@@ -59,6 +59,17 @@ def test_a_composition_directory_reads_back_with_pad_first_ids(tmp_path):
     assert data.validation == {}
 
 
+def test_the_tests_alone_are_read_without_the_training_file(tmp_path):
+    files = composition_files(ENTITIES + RELATIONS)
+    whole = read_paper_data(write(tmp_path / "whole", files))
+    del files["train.json"]  # an evaluation reads none of it: the paper's largest file
+    tests_only = read_paper_data(write(tmp_path / "tests", files), with_train=False)
+    assert tests_only.train is None
+    assert {name: queries.tokens.tolist() for name, queries in tests_only.tests.items()} == {
+        name: queries.tokens.tolist() for name, queries in whole.tests.items()
+    }
+
+
 def test_a_vocabulary_with_its_own_pad_keeps_its_order(tmp_path):
     vocab = ENTITIES[:3] + ["<pad>"] + ENTITIES[3:] + RELATIONS
     data = read_paper_data(write(tmp_path / "c", composition_files(vocab)))
