@@ -66,7 +66,7 @@ def learning_rate_at(step: int, config: ExperimentConfig, stage: int = 0, stage_
     since_warmup_began = step - (stage_start if train.curriculum_restart else 0)
     if since_warmup_began < train.warmup_steps:
         return peak * (since_warmup_began + 1) / train.warmup_steps
-    progress = max(0, step - train.warmup_steps) / max(1, train.steps - train.warmup_steps)
+    progress = (step - train.warmup_steps) / max(1, train.steps - train.warmup_steps)
     if train.lr_schedule == "constant":
         return peak
     if train.lr_schedule == "linear":
