@@ -130,16 +130,31 @@ def takes_numbers_only(annotation: Any) -> bool:
 
 
 class DataConfig(ConfigSection):
-    """The permutation knowledge graph and its query splits."""
+    """The knowledge graph and its query splits: generated (``construction``) or read from a directory in
+    one of the paper's layouts (``paper_dir``)."""
 
     n_entities: int = Field(32, ge=2, description="entities in the graph")
     n_relations: int = Field(4, ge=1, description="relations; each is a random permutation")
+    construction: Literal["permutation", "composition"] = Field(
+        "permutation",
+        description="permutation: each relation a random bijection of the entities (the paper's depth data, "
+        "getNhopfact.py); composition: each fact's tail drawn uniformly at random, tails may repeat (the "
+        "Grokked-Transformer composition set of the paper's systematicity data)",
+    )
+    out_degree: int | None = Field(
+        None, ge=1, description="relations each entity is the head of, drawn without replacement per entity "
+        "(the paper's composition set: 20 of 200); default every relation",
+    )
     ood_fraction: float = Field(
         0.0, ge=0.0, lt=1.0, description="atomic facts held out of every trained multi-hop query"
     )
     # 2.5 on the default graph: its 512 distinct 2-hop queries hold 320 trained, 64 validation and 128 test.
     inferred_ratio: float = Field(
         2.5, ge=0.0, description="phi: trained multi-hop queries per in-distribution atomic fact"
+    )
+    n_train_per_hop: int | None = Field(
+        None, ge=1, description="trained multi-hop queries per trained hop count, in place of inferred_ratio's "
+        "share (the paper's depth data: 15,000)",
     )
     train_max_hops: int = Field(2, ge=1, description="multi-hop queries of 2..this many hops are trained")
     test_max_hops: int = Field(2, ge=2, description="test splits hold 2..this many hops")
@@ -149,11 +164,29 @@ class DataConfig(ConfigSection):
         "default half of n_test_queries"
     )
     seed: int = Field(0, ge=0, description="seed of the graph and its splits")
+    paper_dir: str | None = Field(
+        None, min_length=1, description="read the graph and its splits from this directory in one of the paper's "
+        "layouts (rdt_core.data.paper) instead of generating them; n_entities, n_relations and the hop counts "
+        "must state the directory's, and n_test_queries, n_val_queries and seed draw the validation split",
+    )
 
     @property
     def n_validation(self) -> int:
         """Validation queries per split and hop count."""
         return self.n_val_queries or max(1, self.n_test_queries // 2)
+
+    @field_validator("out_degree")
+    @classmethod
+    def _out_degree_within_relations(cls, out_degree: int | None, info: ValidationInfo) -> int | None:
+        n_relations = info.data.get("n_relations")
+        if out_degree is not None and n_relations is not None and out_degree > n_relations:
+            raise ValueError(f"{out_degree} is above n_relations ({n_relations})")
+        return out_degree
+
+    @property
+    def n_facts(self) -> int:
+        """Atomic facts in the graph: every entity is the head of ``out_degree`` relations."""
+        return self.n_entities * (self.out_degree or self.n_relations)
 
     @field_validator("test_max_hops")
     @classmethod

@@ -6,6 +6,8 @@ multi-hop reasoning, and a claimed generalisation must beat them, not chance:
 - answer elimination: every composition of relations is itself a bijection, so the answers of the
   trained queries with the same relation sequence belong to other heads and cannot be this query's
   answer. A model that memorised training and guesses among the rest scores 1 / (n_entities - eliminated).
+  It holds on a bijective graph only: where tails repeat (the composition construction, or an entity
+  missing a relation) two heads may share an answer, and nothing is eliminated.
 - last-relation shortcut: the answer is a tail of the last relation, reached through a fact of the
   split's own kind (a held-out fact for ``ood`` queries, another for ``id``); a model that knows which
   facts are held out guesses among those tails only.
@@ -44,12 +46,13 @@ def candidate_masks(splits: Splits, queries: QuerySet, split: str) -> dict[str, 
         asked_keys = query_keys(torch.zeros(int(asked.sum()), dtype=torch.long), queries.relations[asked, :hops], n_relations)
         every_answer = asked_keys[:, None] * n_entities + torch.arange(n_entities)  # (n_asked, E)
         eliminated[asked] = torch.isin(every_answer, taken_keys)
-    answer_elimination = everything & ~eliminated
+    answer_elimination = everything & ~eliminated if graph.bijective else everything
 
     # Last-relation shortcut: tails of the split's own kind of fact under the query's last relation.
     allowed_facts = splits.fact_is_ood if split.startswith("ood") else ~splits.fact_is_ood  # (M, E) by head
+    relation, head = (allowed_facts & graph.present).nonzero(as_tuple=True)  # the split's kind of fact
     allowed_tails = torch.zeros(n_relations, n_entities, dtype=torch.bool)
-    allowed_tails.scatter_(1, graph.tails, allowed_facts)  # tail tails[r, h] allowed when fact (h, r) is
+    allowed_tails[relation, graph.tails[relation, head]] = True  # (M, E): a tail of such a fact under r
     last_relation = queries.relations.gather(1, (queries.hops - 1)[:, None]).squeeze(1)  # (Q,)
     last_relation_mask = allowed_tails[last_relation]  # (Q, E)
     return {

@@ -89,22 +89,28 @@ class Splits:
 
 def n_held_out_facts(config: DataConfig) -> int:
     """Atomic facts held out of every trained multi-hop query; an ``ood`` split exists when > 0."""
-    return round(config.ood_fraction * config.n_entities * config.n_relations)
+    return round(config.ood_fraction * config.n_facts)
 
 
 def build_splits(config: DataConfig) -> Splits:
-    """The graph and its train and test query sets, from ``config`` alone."""
-    graph = KnowledgeGraph.generate(config.n_entities, config.n_relations, config.seed)
+    """The graph and its train and test query sets, from ``config`` alone: generated, or read from
+    ``config.paper_dir``."""
+    if config.paper_dir is not None:
+        from rdt_core.data.paper import paper_splits  # paper.py builds on this module
+
+        return paper_splits(config)
+    graph = KnowledgeGraph.generate(
+        config.n_entities, config.n_relations, config.seed, config.construction, config.out_degree
+    )
     vocab = Vocabulary(config.n_entities, config.n_relations)
     generator = torch.Generator().manual_seed(config.seed + 1)
-    n_atomic = config.n_entities * config.n_relations
+    facts = graph.present.flatten().nonzero().squeeze(1)  # (n_facts,) in relation-major order
     n_ood_facts = n_held_out_facts(config)
-    fact_is_ood = torch.zeros(n_atomic, dtype=torch.bool)
-    fact_is_ood[torch.randperm(n_atomic, generator=generator)[:n_ood_facts]] = True
+    fact_is_ood = torch.zeros(graph.present.numel(), dtype=torch.bool)
+    fact_is_ood[facts[torch.randperm(facts.numel(), generator=generator)[:n_ood_facts]]] = True
     fact_is_ood = fact_is_ood.view(config.n_relations, config.n_entities)
 
-    atomic_heads = torch.arange(config.n_entities).repeat(config.n_relations)
-    atomic_relations = torch.arange(config.n_relations).repeat_interleave(config.n_entities)[:, None]
+    atomic_heads, atomic_relations = facts % config.n_entities, (facts // config.n_entities)[:, None]
     train_parts = [make_query_set(graph, vocab, atomic_heads, atomic_relations, config.test_max_hops)]
     test_parts: dict[str, list[QuerySet]] = {"id": []}
     if n_ood_facts:
@@ -112,12 +118,13 @@ def build_splits(config: DataConfig) -> Splits:
     val_parts: dict[str, list[QuerySet]] = {f"{split}_val": [] for split in test_parts}
     n_held = config.n_validation + config.n_test_queries
 
-    n_id_facts = n_atomic - n_ood_facts
+    n_id_facts = facts.numel() - n_ood_facts
     trained_hops = range(2, config.train_max_hops + 1)
-    n_train_per_hop = round(config.inferred_ratio * n_id_facts / max(1, len(trained_hops)))
+    n_train_per_hop = config.n_train_per_hop or round(config.inferred_ratio * n_id_facts / max(1, len(trained_hops)))
+    trained_key = "data.n_train_per_hop" if config.n_train_per_hop else "data.inferred_ratio"
     for hops in range(2, config.test_max_hops + 1):
         n_train = n_train_per_hop if hops in trained_hops else 0
-        for split, allowed in (("id", ~fact_is_ood), ("ood", fact_is_ood)):
+        for split, allowed in (("id", graph.present & ~fact_is_ood), ("ood", fact_is_ood)):
             if split not in test_parts:
                 continue
             n_trained = n_train if split == "id" else 0  # held-out facts are never composed in training
@@ -129,11 +136,13 @@ def build_splits(config: DataConfig) -> Splits:
             if found < wanted:
                 if found - n_trained >= 1:
                     remedy = f"at most {found - n_trained} can be held out"
+                elif config.n_train_per_hop:  # the trained queries alone exceed the graph
+                    remedy = f"n_train_per_hop at most {max(0, found - n_held)} leaves room for them"
                 else:  # the trained queries alone exceed the graph: only a smaller phi helps
                     largest_ratio = (found - n_held) * max(1, len(trained_hops)) / n_id_facts
                     remedy = f"inferred_ratio at most {max(0.0, largest_ratio):.2f} leaves room for them"
                 raise ConfigError(
-                    "data.inferred_ratio" if n_trained else "data.n_test_queries",
+                    trained_key if n_trained else "data.n_test_queries",
                     f"only {found} distinct {hops}-hop {split} queries exist, {wanted} wanted "
                     f"({n_trained} trained + {config.n_validation} validation + {config.n_test_queries} test): "
                     + remedy,
@@ -213,17 +222,27 @@ def _random_walks(
     graph: KnowledgeGraph, allowed: torch.Tensor, hops: int, n_walks: int, generator: torch.Generator
 ) -> torch.Tensor:
     """Walks that take, at each entity, a uniformly chosen allowed relation: -> (W, hops + 1) rows
-    (head, r1..rk), W <= n_walks (walks that reach an entity with no allowed relation are dropped)."""
+    (head, r1..rk), W <= n_walks (walks that reach an entity with no allowed relation are dropped).
+
+    Each entity's allowed relations are listed once (grouped by entity, as a compressed sparse row), and
+    a step draws one uniform number per walk and indexes that list: the cost is O(walks) per hop whatever
+    the relation count (a draw over a (walks, relations) weight table grew with their product)."""
+    by_entity = allowed.T.nonzero()  # (F, 2) rows (entity, relation), grouped by entity
+    relation_list = by_entity[:, 1]  # (F,)
+    n_allowed = allowed.sum(0)  # (E,) allowed relations per entity
+    first = n_allowed.cumsum(0) - n_allowed  # (E,) where each entity's relations start in relation_list
     current = torch.randint(graph.n_entities, (n_walks,), generator=generator)  # (W,)
     rows = [current]
     alive = torch.ones(n_walks, dtype=torch.bool)
     for _ in range(hops):
-        weights = allowed[:, current].T.float()  # (W, M)
-        alive &= weights.sum(1) > 0
-        weights[~alive] = 1.0  # any relation; the walk is dropped anyway
-        relation = torch.multinomial(weights, 1, generator=generator).squeeze(1)  # (W,)
+        count = n_allowed[current]  # (W,)
+        alive &= count > 0
+        uniform = torch.rand(n_walks, dtype=torch.float64, generator=generator)  # (W,)
+        pick = (uniform * count).long().clamp(max=(count - 1).clamp(min=0))  # (W,) in [0, count)
+        relation = relation_list[(first[current] + pick).clamp(max=max(0, relation_list.numel() - 1))]  # (W,)
+        relation = relation.masked_fill(~alive, 0)  # a dead walk is dropped; any relation keeps it indexable
         rows.append(relation)
-        current = graph.tails[relation, current]
+        current = graph.tails[relation, current].clamp(min=0)
     return torch.stack(rows, dim=1)[alive]
 
 

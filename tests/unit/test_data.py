@@ -3,10 +3,10 @@ import itertools
 import pytest
 import torch
 
-from rdt_core.config import DataConfig
+from rdt_core.config import ConfigError, DataConfig
 from rdt_core.data import KnowledgeGraph, build_splits
 from rdt_core.data.nulls import candidate_masks, null_metrics
-from rdt_core.data.queries import QuerySet, n_distinct_walks, sample_distinct_walks
+from rdt_core.data.queries import QuerySet, _random_walks, n_distinct_walks, sample_distinct_walks
 
 SYSTEMATIC = DataConfig(
     n_entities=40, n_relations=6, ood_fraction=0.25, inferred_ratio=2.0,
@@ -201,3 +201,65 @@ def test_the_count_of_distinct_walks_is_what_enumerating_every_walk_finds(hops):
             if ok:
                 walks.add((head, relations))
     assert n_distinct_walks(graph, allowed, hops) == len(walks)
+
+
+COMPOSITION = DataConfig(
+    n_entities=60, n_relations=10, construction="composition", out_degree=4, ood_fraction=0.3,
+    inferred_ratio=2.0, n_test_queries=20, n_val_queries=10, seed=2,
+)
+
+
+def test_the_composition_construction_gives_each_head_out_degree_relations_with_random_tails():
+    graph = KnowledgeGraph.generate(60, 10, seed=2, construction="composition", out_degree=4)
+    assert torch.equal(graph.present.sum(0), torch.full((60,), 4))
+    assert torch.equal(graph.tails >= 0, graph.present)
+    assert not graph.bijective
+    present_tails = graph.tails[graph.present]
+    assert present_tails.unique().numel() < present_tails.numel()  # tails repeat: not permutations
+
+
+def test_a_permutation_graph_with_a_smaller_out_degree_keeps_each_tail_once_per_relation():
+    graph = KnowledgeGraph.generate(50, 6, seed=1, out_degree=3)
+    assert torch.equal(graph.present.sum(0), torch.full((50,), 3))
+    for tails, present in zip(graph.tails, graph.present):
+        assert tails[present].unique().numel() == int(present.sum())
+    assert not graph.bijective and KnowledgeGraph.generate(50, 6, seed=1).bijective
+
+
+def test_composition_splits_use_present_facts_only_and_keep_ood_facts_out_of_training():
+    splits = build_splits(COMPOSITION)
+    present = splits.graph.present
+    assert int(splits.fact_is_ood.sum()) == round(0.3 * 60 * 4) and bool((splits.fact_is_ood <= present).all())
+    assert int((splits.train.hops == 1).sum()) == 60 * 4  # every present fact, no absent one
+    for queries, allowed in ((splits.train, present & ~splits.fact_is_ood), (splits.tests["ood"], splits.fact_is_ood)):
+        multi_hop = queries.subset((queries.hops > 1).nonzero().squeeze(1))
+        for facts in facts_used(multi_hop):
+            assert all(allowed[relation, entity] for entity, relation in facts)
+    answers = splits.graph.follow(splits.tests["id"].heads, splits.tests["id"].relations[:, :2])[:, -1]
+    assert torch.equal(answers, splits.tests["id"].answers)
+
+
+def test_answer_elimination_is_no_null_where_tails_repeat():
+    splits = build_splits(COMPOSITION)
+    masks = candidate_masks(splits, splits.tests["id"], "id")
+    assert bool(masks["answer_elimination"].all())  # two heads may share an answer: nothing eliminated
+    assert bool(masks["last_relation"][torch.arange(20), splits.tests["id"].answers].all())  # the answer stays
+
+
+def test_n_train_per_hop_sets_the_trained_queries_of_every_trained_hop_count():
+    config = DataConfig(n_entities=30, n_relations=4, n_train_per_hop=90, train_max_hops=3, test_max_hops=4, n_test_queries=10)
+    train = build_splits(config).train
+    assert [int((train.hops == hops).sum()) for hops in (2, 3, 4)] == [90, 90, 0]
+    with pytest.raises(ConfigError, match=r"^data\.n_train_per_hop: .* n_train_per_hop at most \d+"):
+        build_splits(config.model_copy(update={"n_train_per_hop": 10_000}))
+
+
+def test_walks_choose_each_allowed_relation_uniformly():
+    graph = KnowledgeGraph.generate(2, 5, seed=0)
+    allowed = torch.zeros(5, 2, dtype=torch.bool)
+    allowed[[0, 2, 3], 0] = True  # entity 0 has relations 0, 2, 3; entity 1 none
+    walks = _random_walks(graph, allowed, 1, 30_000, torch.Generator().manual_seed(0))
+    assert bool((walks[:, 0] == 0).all())  # walks from entity 1 die at once
+    counts = torch.bincount(walks[:, 1], minlength=5)
+    assert counts[[1, 4]].tolist() == [0, 0]
+    assert (counts[[0, 2, 3]].float() / walks.shape[0] - 1 / 3).abs().max() < 0.02
