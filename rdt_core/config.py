@@ -175,6 +175,12 @@ class DataConfig(ConfigSection):
         """Validation queries per split and hop count."""
         return self.n_val_queries or max(1, self.n_test_queries // 2)
 
+    @field_validator("paper_dir")
+    @classmethod
+    def _paper_dir_absolute(cls, paper_dir: str | None) -> str | None:
+        """Made absolute where the config is read: a trial's worker runs in another directory (Ray's)."""
+        return None if paper_dir is None else str(Path(paper_dir).expanduser().absolute())
+
     @field_validator("out_degree")
     @classmethod
     def _out_degree_within_relations(cls, out_degree: int | None, info: ValidationInfo) -> int | None:

@@ -28,6 +28,15 @@ the paper's, whole, and accuracies compare with the paper's numbers.
 Inputs are right-padded with the pad id, as the paper pads them; within one type every item has the same
 length in both of the paper's constructions, so a type's rows carry no padding and the last position is
 each item's last input token.
+
+Training on a paper directory (``data.paper_dir``, ``paper_splits``) takes its facts into this project's
+own layout instead: entity i is the i-th ``<e_...>`` token of vocab.json and relation j the j-th
+``<r_...>`` token, so the model, the readout over entities and every instrument work unchanged, and a
+model trained here has this project's ids (its checkpoint is evaluated here, not by the paper's scripts).
+The graph is rebuilt from the directory's atomic facts (its 1-hop items), so bridges, nulls, the lens and
+patching apply; test types become splits as ``split_of`` says (the atomic and trained-sample types are
+dropped: the training sample measures memorisation), and ``n_validation`` items of each split and hop
+count are drawn, seeded, into its validation split.
 """
 
 from __future__ import annotations
@@ -40,7 +49,9 @@ from typing import Any
 
 import torch
 
-from rdt_core.data.queries import QuerySet
+from rdt_core.config import ConfigError, DataConfig
+from rdt_core.data.kg import KnowledgeGraph
+from rdt_core.data.queries import QuerySet, Splits, make_query_set, mark_trained_prefixes
 from rdt_core.data.tokens import Vocabulary
 
 PAD = "<pad>"
@@ -237,3 +248,112 @@ def to_query_set(items: list[tuple[list[str], str, str]], vocab: PaperVocabulary
         tokens=rows,
         prefix_trained=torch.zeros(len(items), dtype=torch.bool),
     )
+
+
+def paper_splits(config: DataConfig) -> Splits:
+    """The splits of the paper directory ``config.paper_dir`` in this project's layout (module docstring).
+    The config must state the directory's entity and relation counts and hop depths: a model is built
+    from them before any data is read. Every problem is a one-line ``ConfigError`` naming the file."""
+    directory = Path(config.paper_dir)
+    try:
+        data = read_paper_data(directory)
+    except PaperFormatError as error:
+        raise ConfigError("data.paper_dir", str(error)) from None
+    vocab = data.vocab
+    entity_of = id_table(vocab, "<e_")  # (V,) paper id -> entity index, -1 for other tokens
+    relation_of = id_table(vocab, "<r_")  # (V,) paper id -> relation index
+    tested = {name: queries for name, queries in data.tests.items() if data.split_of(name) in ("id", "ood")}
+    depths = {"train_max_hops": int(data.train.hops.max()),
+              "test_max_hops": max(int(queries.hops.max()) for queries in tested.values())}
+    counts = {"n_entities": vocab.n_entities, "n_relations": vocab.n_relations, **depths}
+    for key, found in counts.items():
+        if getattr(config, key) != found:
+            raise ConfigError(f"data.{key}", f"{getattr(config, key)}, but {directory} holds {found}: set data.{key}={found}")
+
+    train = translated(data.train, entity_of, relation_of, directory / "train.json")
+    atomic = train.hops == 1
+    if not atomic.any():
+        raise ConfigError("data.paper_dir", f"{directory}: no atomic facts (1-hop items) among the training items")
+    heads, relations, tails = train.heads[atomic], train.relations[atomic, 0], train.answers[atomic]
+    graph = KnowledgeGraph.from_facts(heads, relations, tails, vocab.n_entities, vocab.n_relations)
+    if not torch.equal(graph.tails[relations, heads], tails):
+        raise ConfigError("data.paper_dir", f"{directory}: a (head, relation) has two different tails among the atomic facts")
+    our_vocab = Vocabulary(vocab.n_entities, vocab.n_relations)
+    train = rebuilt(train, graph, our_vocab, config, directory / "train.json", vocab)
+    fact_is_ood = torch.zeros_like(graph.present)
+    for name in ("ood_atomic", "test_inferred_ood"):  # held-out facts: listed, or composed by ood queries
+        if name in data.tests:
+            held_out = translated(data.tests[name], entity_of, relation_of, directory / "test.json")
+            path = graph.follow(held_out.heads, held_out.relations.clamp(min=0))  # (Q, K + 1)
+            for hop in range(held_out.relations.shape[1]):
+                used = held_out.relations[:, hop] >= 0
+                fact_is_ood[held_out.relations[used, hop], path[used, hop]] = True
+
+    generator = torch.Generator().manual_seed(config.seed)
+    tests: dict[str, list[QuerySet]] = {}
+    validation: dict[str, list[QuerySet]] = {}
+    for name, queries in tested.items():
+        split = data.split_of(name)
+        queries = rebuilt(translated(queries, entity_of, relation_of, directory / "test.json"), graph, our_vocab,
+                          config, directory / "test.json", vocab)
+        for hops in queries.hop_counts():
+            of_hops = queries.with_hops(hops)
+            order = torch.randperm(len(of_hops), generator=generator)
+            drawn = min(config.n_validation, len(of_hops) // 2)
+            validation.setdefault(f"{split}_val", []).append(of_hops.subset(order[:drawn].sort().values))
+            tests.setdefault(split, []).append(of_hops.subset(order[drawn:].sort().values))
+    held = {name: mark_trained_prefixes(QuerySet.concat(parts), train, config)
+            for name, parts in {**tests, **validation}.items()}
+    return Splits(
+        graph=graph, vocab=our_vocab, fact_is_ood=fact_is_ood, train=train,
+        tests={name: held[name] for name in tests}, validation={name: held[name] for name in validation},
+    )
+
+
+def id_table(vocab: PaperVocabulary, prefix: str) -> torch.Tensor:
+    """(V,) long: each paper id's index among the tokens starting with ``prefix``, in vocab.json's order;
+    -1 for the other tokens."""
+    table = torch.full((vocab.size,), -1, dtype=torch.long)
+    of_kind = [index for index, token in enumerate(vocab.tokens) if token.startswith(prefix)]
+    table[of_kind] = torch.arange(len(of_kind))
+    return table
+
+
+def translated(queries: QuerySet, entity_of: torch.Tensor, relation_of: torch.Tensor, path: Path) -> QuerySet:
+    """Paper-id queries with heads and answers as entity indices and relations as relation indices
+    (tokens and bridges are rebuilt later); an item whose head or answer is no entity, or whose other
+    input tokens are no relations, is a ``ConfigError`` naming the file."""
+    heads, answers = entity_of[queries.heads], entity_of[queries.answers]
+    used = queries.relations >= 0
+    relations = torch.where(used, relation_of[queries.relations.clamp(min=0)], -1)  # (Q, K)
+    bad = (heads < 0) | (answers < 0) | (used & (relations < 0)).any(1)
+    if bad.any():
+        row = int(bad.nonzero()[0])
+        raise ConfigError("data.paper_dir", f"{path}: item {row} is not <e_...> followed by <r_...> tokens, answered "
+                          "by an <e_...> token: this project trains on entity-relation queries only")
+    return QuerySet(heads, relations, queries.bridges, answers, queries.hops, queries.tokens, queries.prefix_trained)
+
+
+def rebuilt(queries: QuerySet, graph: KnowledgeGraph, vocab: Vocabulary, config: DataConfig, path: Path,
+            paper_vocab: PaperVocabulary) -> QuerySet:
+    """Translated queries as this project builds its own: bridges followed through the graph, tokens in
+    this project's ids, left-padded to ``test_max_hops``; grouped by hop count. An item composing a fact
+    the atomic facts do not hold, or whose answer is not where its facts lead, is a ``ConfigError``."""
+    parts = []
+    for hops in queries.hop_counts():
+        of_hops = queries.with_hops(hops)
+        relations = of_hops.relations[:, :hops]  # (Q, k)
+        path_ok = torch.ones(len(of_hops), dtype=torch.bool)
+        entity = of_hops.heads
+        for hop in range(hops):
+            tail = graph.tails[relations[:, hop], entity]
+            path_ok &= tail >= 0
+            entity = tail.clamp(min=0)
+        path_ok &= entity == of_hops.answers
+        if not path_ok.all():
+            row = int((~path_ok).nonzero()[0])
+            text = "".join(paper_vocab.tokens[token] for token in of_hops.tokens[row] if token != paper_vocab.pad_token)
+            raise ConfigError("data.paper_dir", f"{path}: the {hops}-hop item {text} does not follow the atomic facts "
+                              "(a missing fact, or another answer)")
+        parts.append(make_query_set(graph, vocab, of_hops.heads, relations, config.test_max_hops))
+    return QuerySet.concat(parts)

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rdt_core.data import PaperData, PaperFormatError, read_paper_data
+from rdt_core.config import ConfigError, DataConfig
+from rdt_core.data import PaperData, PaperFormatError, build_splits, read_paper_data
 
 ENTITIES = [f"<e_{index}>" for index in range(6)]
 RELATIONS = ["<r_0>", "<r_1>"]
@@ -147,3 +148,57 @@ def test_an_unknown_layout_and_malformed_json_are_refused(tmp_path):
     (directory / "test.json").write_text("[{")
     with pytest.raises(PaperFormatError, match=r"test\.json: not JSON: .* line 1"):
         read_paper_data(directory)
+
+
+def consistent_composition(tmp_path: Path) -> Path:
+    """A composition directory whose items follow its atomic facts: tail(h, r) = (h * (r + 2) + 1) mod 6."""
+    tails = {(head, relation): (head * (relation + 2) + 1) % 6 for head in range(6) for relation in range(2)}
+
+    def query(head: int, relations: list[int], paper_type: str | None = None) -> dict:
+        answer = head
+        for relation in relations:
+            answer = tails[(answer, relation)]
+        return item([f"<e_{head}>", *(f"<r_{relation}>" for relation in relations)], f"<e_{answer}>", paper_type)
+
+    two_hop = [(head, [first, second]) for head in range(6) for first in range(2) for second in range(2)]
+    train = [query(head, [relation]) for head, relation in tails] + [query(*q) for q in two_hop[:12]]
+    test = [query(*q, "test_inferred_iid") for q in two_hop[12:]] + [query(0, [0], "id_atomic")]
+    vocab = ["<mask>", *ENTITIES, *RELATIONS, "</a>"]  # ids are not this project's: entities do not come first
+    return write(tmp_path / "consistent", {"vocab.json": vocab, "train.json": train, "test.json": test})
+
+
+def test_a_paper_directory_trains_in_this_projects_layout_with_its_graph_rebuilt(tmp_path):
+    config = DataConfig(paper_dir=str(consistent_composition(tmp_path)), n_entities=6, n_relations=2, n_val_queries=3)
+    splits = build_splits(config)
+    expected = torch.tensor([[(head * (relation + 2) + 1) % 6 for head in range(6)] for relation in range(2)])
+    assert torch.equal(splits.graph.tails, expected)
+    assert int((splits.train.hops == 1).sum()) == 12 and int((splits.train.hops == 2).sum()) == 12
+    assert set(splits.tests) == {"id"} and set(splits.validation) == {"id_val"}  # id_atomic dropped
+    test, validation = splits.tests["id"], splits.validation["id_val"]
+    assert (len(test), len(validation)) == (9, 3)
+    held = {tuple(row) for queries in (test, validation) for row in queries.tokens.tolist()}
+    assert len(held) == 12 and not held & {tuple(row) for row in splits.train.tokens.tolist()}
+    path = splits.graph.follow(test.heads, test.relations)  # (Q, 3): this project's ids throughout
+    assert torch.equal(path[:, 1], test.bridges[:, 0]) and torch.equal(path[:, 2], test.answers)
+    assert test.tokens[:, 1:].min() >= 6  # relation tokens after the entities: this project's layout
+    assert torch.equal(build_splits(config).tests["id"].tokens, test.tokens)  # the same draw every time
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"n_entities": 7}, r"^data\.n_entities: 7, but .* holds 6: set data\.n_entities=6$"),
+    ({"train_max_hops": 1}, r"^data\.train_max_hops: 1, but .* holds 2"),
+])
+def test_a_config_that_does_not_state_the_directorys_sizes_is_refused(tmp_path, change, message):
+    config = DataConfig(**{"paper_dir": str(consistent_composition(tmp_path)), "n_entities": 6, "n_relations": 2, **change})
+    with pytest.raises(ConfigError, match=message):
+        build_splits(config)
+
+
+def test_an_item_that_does_not_follow_the_atomic_facts_is_refused_naming_it(tmp_path):
+    directory = consistent_composition(tmp_path)
+    test = json.loads((directory / "test.json").read_text())
+    wrong = "<e_4>" if test[0]["target_text"].endswith("<e_5></a>") else "<e_5>"
+    test[0]["target_text"] = test[0]["input_text"] + wrong + "</a>"
+    (directory / "test.json").write_text(json.dumps(test))
+    with pytest.raises(ConfigError, match=r"test\.json: the 2-hop item <e_\d><r_\d><r_\d> does not follow the atomic facts"):
+        build_splits(DataConfig(paper_dir=str(directory), n_entities=6, n_relations=2))
