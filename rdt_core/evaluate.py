@@ -5,8 +5,10 @@ per paper test type, counted as the paper counts it: argmax over the whole vocab
 position. One forward pass per batch gives every loop count at once (the model reads out after every loop).
 
 Two checkpoint layouts are taken:
-- this project's (``rdt_core.train.load_checkpoint``: its config and weights); its vocabulary must have
-  the directory's size, and its ids are taken as the directory's;
+- this project's (``rdt_core.train.load_checkpoint``: its config and weights), read in this project's ids
+  as a model trained on the directory (``data.paper_dir``) has them: entities, then relations, in
+  vocab.json's order, inputs left-padded (``rdt_core.data.paper``); its entity and relation counts must be
+  the directory's, and a type whose items are not entity-relation queries is left out (named in the file);
 - the paper's released models (``{"model_state_dict": ...}``, keys possibly prefixed ``_orig_mod.`` by
   torch.compile): ``token_embedding``, ``position_embedding`` (learned) or the buffer ``pe``
   (sinusoidal), ``blocks.<i>.{ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj}`` as
@@ -24,6 +26,18 @@ Without it a type's items, all of one length, carry no padding.
 the type), and the file adds each type's validation curve, the loop count chosen on it and the test
 accuracy there; the paper chose nothing on held-out data (its valid.json repeats test items).
 
+Beside the accuracies, ``analysis`` holds the platform's end-of-run analysis as the run's tables (what a
+trained run logs: accuracy per loop and hop count, the loop budget chosen on validation, halting beside a
+fixed budget of equal cost, the structural nulls, the logit lens, activation patching beside its
+random-weight null), computed in this project's layout on the directory's graph, rebuilt from its atomic
+facts, with ``--n-validation`` items (at least 1) of each split and hop count drawn for validation. A
+paper model is read there with its embedding rows reordered (its other tokens, ``<mask>``, ``</a>`` ...,
+leave the readout); the loop count it was trained at is ``--set train.train_loops=R`` (default the
+smaller of 4 and --max-loops), and ``--set eval.*`` sets the halting rules. Inputs are left-padded there:
+exact for positions none and for splits of one length (the composition set), not for a learned position
+table on mixed depths. Where the items do not follow atomic facts, ``analysis`` says why instead;
+``--no-analysis`` skips it (and the read of the training files).
+
 Invalid input (not a checkpoint, an unknown layout, a vocabulary that does not fit the weights, no head
 count for a paper checkpoint) exits 2 with one line ``error: FILE: ...`` and writes nothing.
 """
@@ -38,10 +52,16 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from rdt_core.config import ConfigError, ExperimentConfig, parse_override, refuse
-from rdt_core.data.paper import PaperData, PaperFormatError, PaperVocabulary, read_paper_data
+from rdt_core import metrics as metric_names
+from rdt_core.config import ConfigError, DataConfig, ExperimentConfig, TrainConfig, parse_override, refuse
+from rdt_core.data.paper import (
+    PaperData, PaperFormatError, PaperVocabulary, read_paper_data, sizes_of, splits_of, types_in_layout,
+)
 from rdt_core.data.queries import QuerySet
+from rdt_core.data.tokens import Vocabulary
+from rdt_core.eval import evaluate
 from rdt_core.model.transformer import RecurrentDepthTransformer, sinusoidal_table
+from rdt_core.train.analysis import device_eval_sets, final_analysis
 from rdt_core.train.checkpoints import load_checkpoint
 
 COMPILED_PREFIX = "_orig_mod."
@@ -70,8 +90,11 @@ class PaperMaskedTransformer(RecurrentDepthTransformer):
         return allowed | (empty & torch.eye(length, dtype=torch.bool, device=tokens.device))
 
 
-def load_any_checkpoint(path: Path, vocab: PaperVocabulary, overrides: dict) -> RecurrentDepthTransformer:
-    """The model of a checkpoint in either layout (module docstring), on the CPU, in eval mode."""
+def load_any_checkpoint(
+    path: Path, vocab: PaperVocabulary, overrides: dict
+) -> tuple[RecurrentDepthTransformer, ExperimentConfig | None]:
+    """The model of a checkpoint in either layout (module docstring), on the CPU, in eval mode, and the
+    config it was trained with (None for a paper checkpoint)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -79,16 +102,17 @@ def load_any_checkpoint(path: Path, vocab: PaperVocabulary, overrides: dict) -> 
     except Exception as error:  # noqa: BLE001 - pickle, zip and torch errors all mean "not a checkpoint"
         raise CheckpointError(f"{path}: not a checkpoint ({type(error).__name__})") from None
     if isinstance(state, dict) and "model_state_dict" in state:
-        return paper_model(path, state["model_state_dict"], vocab, overrides)
+        return paper_model(path, state["model_state_dict"], vocab, overrides), None
     if isinstance(state, dict) and {"config", "model"} <= state.keys():
         if overrides:
             raise CheckpointError(f"{path}: --set applies to a paper checkpoint; this project's holds its config")
-        _, model = load_checkpoint(path)
-        if model.vocab.size != vocab.size:
+        trained_config, model = load_checkpoint(path)
+        if (model.vocab.n_entities, model.vocab.n_relations) != (vocab.n_entities, vocab.n_relations):
             raise CheckpointError(
-                f"{path}: the weights hold {model.vocab.size} tokens, vocab.json gives {vocab.size} (with {vocab.tokens[0]} first)"
+                f"{path}: the model knows {model.vocab.n_entities} entities and {model.vocab.n_relations} relations, "
+                f"vocab.json lists {vocab.n_entities} and {vocab.n_relations}"
             )
-        return model
+        return model, trained_config
     found = [str(key) for key in state][:5] if isinstance(state, dict) else type(state).__name__
     raise CheckpointError(
         f"{path}: unknown layout: expected model_state_dict (the paper's) or config and model (this project's), found {found}"
@@ -214,6 +238,43 @@ def check_lengths(data: PaperData, model: RecurrentDepthTransformer, pad_to: int
         )
 
 
+def in_project_layout(model: RecurrentDepthTransformer, vocab: PaperVocabulary) -> RecurrentDepthTransformer:
+    """A paper model with its embedding rows (and so its tied readout) reordered into this project's layout
+    (entities, relations, padding: ``rdt_core.data.paper``), the paper's other tokens (``<mask>``, ``</a>``,
+    ...) dropped: the same function on the queries, in the ids the analysis reads."""
+    rows = [index for prefix in ("<e_", "<r_") for index, token in enumerate(vocab.tokens) if token.startswith(prefix)]
+    ours = RecurrentDepthTransformer(model.config, Vocabulary(vocab.n_entities, vocab.n_relations))
+    weights = model.state_dict()
+    weights["embed.weight"] = weights["embed.weight"][rows + [vocab.pad_token]]  # (n_e + n_r + 1, D)
+    ours.load_state_dict(weights)
+    return ours.eval()
+
+
+def end_of_run_analysis(
+    model: RecurrentDepthTransformer, data: PaperData, trained: dict, max_loops: int, n_validation: int, seed: int,
+    device: str,
+) -> dict:
+    """The platform's end-of-run analysis of ``model`` (this project's layout) on the directory: every
+    evaluation metric (accuracy per loop and hop count, loop budgets chosen on validation, halting beside
+    equal cost) and every instrument (nulls, lens, patching with its null), as the run's tables. ``trained``
+    holds the train and eval keys the analysis reads (the loop count trained at, the halting rules). Where
+    the directory's items are not entity-relation queries following its atomic facts, the reason instead."""
+    sizes = sizes_of(data)
+    try:
+        data_config = DataConfig(paper_dir=str(data.directory), n_val_queries=max(1, n_validation), seed=seed, **sizes)
+        splits = splits_of(data, data_config)
+        config = ExperimentConfig.from_dict(
+            {"model": {**model.config.model_dump(), "max_loops": max_loops}, "data": data_config.model_dump(), **trained}
+        )
+    except ConfigError as error:
+        return {"not_applicable": error.message}
+    eval_sets = device_eval_sets(splits, config, torch.device(device))
+    model = model.to(device)
+    found = evaluate(model, eval_sets, config, with_grid=True)
+    found.update(final_analysis(model, splits, eval_sets, config, torch.device(device)))
+    return {"tables": metric_names.tables(found)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rdt_core.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path, help="a checkpoint of this project or one in the paper's layout")
@@ -226,14 +287,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-validation", type=int, default=0,
                         help="hold out this many items of each type (seeded) to choose its loop budget on")
     parser.add_argument("--seed", type=int, default=0, help="seed of the validation draw")
+    parser.add_argument("--no-analysis", action="store_true", help="accuracy by loop only: no end-of-run analysis")
     args = parser.parse_args(argv)
     try:
         if args.max_loops < 1 or args.batch_size < 1 or args.n_validation < 0:
             raise CheckpointError(f"{args.checkpoint}: --max-loops and --batch-size must be at least 1, --n-validation at least 0")
         overrides = dict(parse_override(item) for item in args.overrides)
-        data = read_paper_data(args.data, args.n_validation, args.seed, with_train=False)
-        model = load_any_checkpoint(args.checkpoint, data.vocab, overrides)
-        check_lengths(data, model, args.pad_to, args.checkpoint)
+        data = read_paper_data(args.data, args.n_validation, args.seed, with_train=not args.no_analysis)
+        model, trained_config = load_any_checkpoint(args.checkpoint, data.vocab, overrides)
+        trained_here = trained_config is not None
+        tests, validation = data.tests, data.validation
+        if trained_here:  # this project's ids and layout (rdt_core.data.paper)
+            if args.pad_to is not None:
+                raise CheckpointError(f"{args.checkpoint}: --pad-to applies to a paper checkpoint (the paper's right padding)")
+            depth = max(int(queries.hops.max()) for queries in tests.values())
+            tests = types_in_layout(tests, data.vocab, depth)
+            validation = types_in_layout(validation, data.vocab, depth)
+        else:
+            check_lengths(data, model, args.pad_to, args.checkpoint)
         if not args.out.parent.is_dir():
             raise CheckpointError(f"{args.out}: its directory does not exist")
     except ConfigError as error:
@@ -241,19 +312,34 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, PaperFormatError) as error:
         return refuse(error)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    accuracy = accuracy_by_loop(model, data.tests, args.max_loops, args.batch_size, args.pad_to, device)
+    accuracy = accuracy_by_loop(model, tests, args.max_loops, args.batch_size, args.pad_to, device)
     result = {
         "checkpoint": str(args.checkpoint),
         "data": str(args.data),
         "layout": data.layout,
+        "ids": "this project's" if trained_here else "the paper's",
         "max_loops": args.max_loops,
         "accuracy_by_loop": accuracy,
-        "n_items": {name: len(queries) for name, queries in data.tests.items()},
-        "split_of_type": {name: data.split_of(name) for name in data.tests},
+        "n_items": {name: len(queries) for name, queries in tests.items()},
+        "split_of_type": {name: data.split_of(name) for name in tests},
     }
-    if data.validation:
-        validation = accuracy_by_loop(model, data.validation, args.max_loops, args.batch_size, args.pad_to, device)
-        result.update(chosen_budgets(accuracy, validation))
+    if set(data.tests) - set(tests):  # a model trained here answers entity-relation queries only
+        result["types_left_out"] = sorted(set(data.tests) - set(tests))
+    if validation:
+        result.update(chosen_budgets(accuracy, accuracy_by_loop(model, validation, args.max_loops, args.batch_size,
+                                                                args.pad_to, device)))
+    if not args.no_analysis:
+        if trained_here:
+            analysed, trained = model, {"train": trained_config.train.model_dump(), "eval": trained_config.eval.model_dump()}
+        else:  # what the paper's weights do not show: --set train.* / eval.*, the loops trained at capped here
+            analysed = in_project_layout(model, data.vocab)
+            trained = {"train": {"train_loops": min(TrainConfig().train_loops, args.max_loops)}}
+            for key, value in overrides.items():
+                section, _, name = key.partition(".")
+                if section in ("train", "eval"):
+                    trained.setdefault(section, {})[name] = value
+        result["analysis"] = end_of_run_analysis(analysed, data, trained, args.max_loops, args.n_validation,
+                                                 args.seed, device)
     scratch = args.out.with_name(f".{args.out.name}.partial")  # renamed whole: a kill leaves no half file
     scratch.write_text(json.dumps(result, indent=2) + "\n")
     scratch.replace(args.out)

@@ -254,19 +254,30 @@ def paper_splits(config: DataConfig) -> Splits:
     """The splits of the paper directory ``config.paper_dir`` in this project's layout (module docstring).
     The config must state the directory's entity and relation counts and hop depths: a model is built
     from them before any data is read. Every problem is a one-line ``ConfigError`` naming the file."""
-    directory = Path(config.paper_dir)
     try:
-        data = read_paper_data(directory)
+        data = read_paper_data(Path(config.paper_dir))
     except PaperFormatError as error:
         raise ConfigError("data.paper_dir", str(error)) from None
-    vocab = data.vocab
+    return splits_of(data, config)
+
+
+def sizes_of(data: PaperData) -> dict[str, int]:
+    """The data config keys a paper directory fixes: its entity and relation counts and hop depths."""
+    tested = [queries for name, queries in data.tests.items() if data.split_of(name) in ("id", "ood")]
+    return {
+        "n_entities": data.vocab.n_entities, "n_relations": data.vocab.n_relations,
+        "train_max_hops": int(data.train.hops.max()),
+        "test_max_hops": max((int(queries.hops.max()) for queries in tested), default=2),
+    }
+
+
+def splits_of(data: PaperData, config: DataConfig) -> Splits:
+    """``paper_splits`` of a directory already read (with its training files)."""
+    directory, vocab = data.directory, data.vocab
     entity_of = id_table(vocab, "<e_")  # (V,) paper id -> entity index, -1 for other tokens
     relation_of = id_table(vocab, "<r_")  # (V,) paper id -> relation index
     tested = {name: queries for name, queries in data.tests.items() if data.split_of(name) in ("id", "ood")}
-    depths = {"train_max_hops": int(data.train.hops.max()),
-              "test_max_hops": max(int(queries.hops.max()) for queries in tested.values())}
-    counts = {"n_entities": vocab.n_entities, "n_relations": vocab.n_relations, **depths}
-    for key, found in counts.items():
+    for key, found in sizes_of(data).items():
         if getattr(config, key) != found:
             raise ConfigError(f"data.{key}", f"{getattr(config, key)}, but {directory} holds {found}: set data.{key}={found}")
 
@@ -308,6 +319,33 @@ def paper_splits(config: DataConfig) -> Splits:
         graph=graph, vocab=our_vocab, fact_is_ood=fact_is_ood, train=train,
         tests={name: held[name] for name in tests}, validation={name: held[name] for name in validation},
     )
+
+
+def types_in_layout(typed: dict[str, QuerySet], vocab: PaperVocabulary, test_max_hops: int) -> dict[str, QuerySet]:
+    """Query sets by paper type (a ``PaperData``'s ``tests`` or ``validation``) in this project's layout,
+    for a model trained here: ids as ``paper_splits`` assigns them, inputs left-padded to ``test_max_hops``
+    + 1 tokens. Answers are the directory's (no graph is needed; bridges are unknown, -1). A type whose
+    items are not entity-relation queries is left out."""
+    entity_of, relation_of = id_table(vocab, "<e_"), id_table(vocab, "<r_")
+    our_vocab = Vocabulary(vocab.n_entities, vocab.n_relations)
+    in_layout = {}
+    for name, queries in typed.items():
+        try:
+            ours = translated(queries, entity_of, relation_of, Path("test.json"))
+        except ConfigError:
+            continue
+        if int(ours.hops.max()) > test_max_hops:
+            continue
+        tokens = torch.cat([our_vocab.encode(ours.heads[ours.hops == hops],
+                                             ours.relations[ours.hops == hops, :hops], test_max_hops + 1)
+                            for hops in ours.hop_counts()])  # (Q, test_max_hops + 1), grouped by hop count
+        order = torch.cat([(ours.hops == hops).nonzero().squeeze(1) for hops in ours.hop_counts()])
+        in_layout[name] = QuerySet(
+            heads=ours.heads[order], relations=ours.relations[order], bridges=ours.bridges[order],
+            answers=ours.answers[order], hops=ours.hops[order], tokens=tokens,
+            prefix_trained=ours.prefix_trained[order],
+        )
+    return in_layout
 
 
 def id_table(vocab: PaperVocabulary, prefix: str) -> torch.Tensor:

@@ -93,12 +93,10 @@ def n_held_out_facts(config: DataConfig) -> int:
 
 
 def build_splits(config: DataConfig) -> Splits:
-    """The graph and its train and test query sets, from ``config`` alone: generated, or read from
-    ``config.paper_dir``."""
+    """The generated graph and its train and test query sets, from ``config`` alone. A config may instead
+    name a paper directory: ``rdt_core.data.splits.load_splits`` takes either."""
     if config.paper_dir is not None:
-        from rdt_core.data.paper import paper_splits  # paper.py builds on this module
-
-        return paper_splits(config)
+        raise ValueError("data.paper_dir names a directory to read: load_splits reads it, build_splits generates")
     graph = KnowledgeGraph.generate(
         config.n_entities, config.n_relations, config.seed, config.construction, config.out_degree
     )

@@ -25,7 +25,7 @@ from rdt_core.config import (
     read_yaml_mapping,
     set_dotted,
 )
-from rdt_core.data.queries import build_splits
+from rdt_core.data.splits import load_splits
 from rdt_core.metrics import ACC
 from rdt_core.train import reported_metric_names
 
@@ -373,7 +373,7 @@ def check_graphs(spec: SweepSpec, path: str | Path) -> None:
             continue
         built.add(data)
         try:
-            build_splits(data)
+            load_splits(data)
         except ConfigError as error:
             searched = error.key in spec.search_space
             where = f"search_space.{error.key}" if searched else f"base.{error.key}"

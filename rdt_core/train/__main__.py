@@ -19,7 +19,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from rdt_core.config import ConfigError, ExperimentConfig, parse_override, read_yaml_mapping, refuse
-from rdt_core.data.queries import build_splits
+from rdt_core.data.splits import load_splits
 from rdt_core.metrics import ACC, LOSS
 from rdt_core.tracking.reports import log_evaluation, log_final
 from rdt_core.train import CHECKPOINT_FILE, train_worker
@@ -32,7 +32,7 @@ def parse_config(path: Path, overrides: list[str]) -> ExperimentConfig:
     a graph too small for its splits is refused here in one line, as a sweep refuses it."""
     raw = read_yaml_mapping(path, "config file") or {}
     config = ExperimentConfig.from_dict(raw, dict(parse_override(item) for item in overrides))
-    build_splits(config.data)
+    load_splits(config.data)
     return config
 
 

@@ -13,7 +13,8 @@ import torch
 
 from rdt_core import metrics as names
 from rdt_core.config import ExperimentConfig
-from rdt_core.data.queries import QuerySet, Splits, build_splits
+from rdt_core.data.queries import QuerySet, Splits
+from rdt_core.data.splits import load_splits
 from rdt_core.eval import SplitResult, evaluate, halting_rules, split_metrics, validation_metrics
 from rdt_core.instruments import INSTRUMENTS, Context
 from rdt_core.instruments.registry import split_hop_counts
@@ -92,7 +93,7 @@ def evaluate_checkpoint(path: Path, eval_overrides: dict[str, object], reporter:
     device = pick_device()
     trained_config, model = load_checkpoint(path, device)
     config = ExperimentConfig.from_dict(trained_config.model_dump(), eval_overrides)
-    splits = build_splits(config.data)
+    splits = load_splits(config.data)
     eval_sets = device_eval_sets(splits, config, device)
     metrics = evaluate(model, eval_sets, config, with_grid=True)
     metrics.update(final_analysis(model, splits, eval_sets, config, device))

@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from rdt_core.config import ConfigError, ExperimentConfig
-from rdt_core.data.queries import QuerySet, build_splits
+from rdt_core.data.queries import QuerySet
+from rdt_core.data.splits import load_splits
 from rdt_core.data.tokens import Vocabulary
 from rdt_core import metrics as names
 from rdt_core.eval import evaluate
@@ -280,7 +281,7 @@ def train_worker(
     configs = [replica_config(config, replica) for replica in range(n_replicas)]
     seeds = [replica.train.seed for replica in configs]
 
-    splits = build_splits(config.data)
+    splits = load_splits(config.data)
     train_set = splits.train.to(device)
     eval_sets = [device_eval_sets(splits, replica, device) for replica in configs]  # each its own training sample
     models = TrainedModels(configs, splits.vocab, device, world_size)

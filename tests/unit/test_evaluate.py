@@ -16,7 +16,8 @@ import torch
 
 from rdt_core.config import ExperimentConfig
 from rdt_core.data.tokens import Vocabulary
-from rdt_core.evaluate import main
+from rdt_core.data.paper import read_paper_data, types_in_layout
+from rdt_core.evaluate import in_project_layout, load_any_checkpoint, main
 from rdt_core.model.transformer import RecurrentDepthTransformer, build_model
 from tests.unit.test_gpt2_reference import gpt2_blocks
 
@@ -101,7 +102,7 @@ def write_paper_directory(directory: Path, model: RecurrentDepthTransformer, pad
         predicted = reference_logits(model, padded, MAX_LOOPS).argmax(-1)  # (N, 10)
         answers = predicted[torch.arange(10) % MAX_LOOPS, torch.arange(10)]  # right at loop (i mod N) + 1 ...
         answers = (answers + torch.arange(10) % 2) % len(TOKENS)  # ... or, for odd i, a token beside it
-        answers = torch.where(answers == 0, torch.ones_like(answers), answers)  # the pad is no answer
+        answers = 1 + (answers - 1) % N_ENTITIES  # an entity (ids 1..12), as every answer of the paper's data is
         expected[paper_type] = (predicted == answers).double().mean(1).tolist()
         for row, answer in zip(tokens.tolist(), answers.tolist()):
             text = "".join(TOKENS[token] for token in row)
@@ -218,7 +219,9 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, ca
     assert not out.exists()
 
 
-def test_a_checkpoint_of_this_project_evaluates_with_its_own_readout(tmp_path, capsys):
+def test_a_checkpoint_of_this_project_evaluates_in_its_own_layout(tmp_path, capsys):
+    """A model trained here reads this project's ids (entities, then relations, padding last; inputs
+    left-padded to the deepest item), whatever ids the directory's vocab.json gives."""
     from rdt_core.train.checkpoints import save_checkpoint
 
     model = paper_block_model("learned", "none")
@@ -229,15 +232,56 @@ def test_a_checkpoint_of_this_project_evaluates_with_its_own_readout(tmp_path, c
     out = tmp_path / "result.json"
     status, err = run([tmp_path / "ours" / "model.pt", "--data", tmp_path / "data", "--max-loops", MAX_LOOPS, "--out", out], capsys)
     assert status == 0, err
+    result = json.loads(out.read_text())
+    assert result["ids"] == "this project's"
+    assert "not_applicable" in result["analysis"]  # random answers: no graph to analyse on
     items = json.loads((tmp_path / "data" / "test.json").read_text())
-    ids = {token: index for index, token in enumerate(TOKENS)}
+    ours = {token: index for index, token in enumerate(TOKENS[1:])}  # <e_i> -> i, <r_j> -> 12 + j
     for paper_type in TYPES:
-        rows = [item for item in items if item["type"] == paper_type]
-        tokens = torch.tensor([[ids[token] for token in re.findall(r"<[^>]+>", item["input_text"])] for item in rows])
-        answers = torch.tensor([ids[re.findall(r"<[^>]+>", item["target_text"])[-2]] for item in rows])
+        rows = [re.findall(r"<[^>]+>", item["target_text"]) for item in items if item["type"] == paper_type]
+        tokens = torch.tensor([[len(TOKENS) - 1] * (3 - len(row[:-2])) + [ours[token] for token in row[:-2]] for row in rows])
+        answers = torch.tensor([ours[row[-2]] for row in rows])
         with torch.no_grad():
             expected = (model(tokens, MAX_LOOPS).argmax(-1) == answers).double().mean(1).tolist()
-        assert json.loads(out.read_text())["accuracy_by_loop"][paper_type] == pytest.approx(expected, abs=1e-9)
-    status, err = run([tmp_path / "ours" / "model.pt", "--data", tmp_path / "data", "--max-loops", 2, "--out", out,
-                       "--set", "model.n_heads=2"], capsys)
-    assert status == 2 and "--set applies to a paper checkpoint" in err
+        assert result["accuracy_by_loop"][paper_type] == pytest.approx(expected, abs=1e-9)
+
+
+def test_a_paper_model_reordered_into_this_projects_layout_computes_the_same_logits(tmp_path):
+    """The analysis reads a paper checkpoint in this project's ids: the reordered model's logits equal the
+    paper model's on the same queries, row for row (no position table: the layouts pad differently)."""
+    model = paper_block_model("none", "add")
+    directory = tmp_path / "data"
+    write_paper_directory(directory, model)
+    torch.save({"model_state_dict": paper_state_dict(model, False)}, tmp_path / "paper.pt")
+    data = read_paper_data(directory)
+    paper, _ = load_any_checkpoint(tmp_path / "paper.pt", data.vocab, {"model.n_heads": HEADS})
+    ours = in_project_layout(paper, data.vocab)
+    theirs = data.tests["test_inferred_iid"]
+    mine = types_in_layout({"iid": theirs}, data.vocab, 2)["iid"]
+    kept = [index for prefix in ("<e_", "<r_") for index, token in enumerate(data.vocab.tokens) if token.startswith(prefix)]
+    with torch.no_grad():
+        expected = paper(theirs.tokens, MAX_LOOPS)[..., kept + [0]]  # (N, B, n_e + n_r + 1)
+        assert torch.allclose(ours(mine.tokens, MAX_LOOPS), expected, atol=1e-5)
+
+
+def test_a_paper_checkpoint_on_a_directory_of_consistent_facts_gets_the_whole_end_of_run_analysis(tmp_path, capsys):
+    """Items that follow the directory's atomic facts let the graph be rebuilt: halting beside equal cost,
+    the nulls, the lens and patching with its null come as the run's tables."""
+    from tests.unit.test_paper_data import consistent_composition
+
+    torch.manual_seed(0)
+    config = ExperimentConfig.from_dict({
+        "model": {"block": "gpt2", "readout": "vocabulary", "zero_init_output": False, "d_model": 16, "n_heads": 2,
+                  "positions": "learned", "n_positions": 8, "injection": "none"},
+        "data": {"n_entities": 8, "n_relations": 2},
+    })
+    model = build_model(config, Vocabulary(8, 2))  # 11 rows: the directory's 10 tokens and the loader's <pad>
+    torch.save({"model_state_dict": paper_state_dict(model, False)}, tmp_path / "paper.pt")
+    out = tmp_path / "result.json"
+    status, err = run([tmp_path / "paper.pt", "--data", consistent_composition(tmp_path), "--max-loops", 3,
+                       "--set", "model.n_heads=2", "--set", "train.train_loops=2", "--out", out], capsys)
+    assert status == 0, err
+    tables = json.loads(out.read_text())["analysis"]["tables"]
+    assert {"halting", "lens", "patching", "nulls", "accuracy_by_loop"} <= set(tables)
+    assert {row["split"] for row in tables["accuracy_by_loop"]} >= {"id", "train"}
+    assert all(row["trained_loops"] is not None for row in tables["accuracy"] if "trained_loops" in row)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rdt_core.config import ConfigError, DataConfig
-from rdt_core.data import PaperData, PaperFormatError, build_splits, read_paper_data
+from rdt_core.data import PaperData, PaperFormatError, load_splits, read_paper_data
 
 ENTITIES = [f"<e_{index}>" for index in range(6)]
 RELATIONS = ["<r_0>", "<r_1>"]
@@ -169,7 +169,7 @@ def consistent_composition(tmp_path: Path) -> Path:
 
 def test_a_paper_directory_trains_in_this_projects_layout_with_its_graph_rebuilt(tmp_path):
     config = DataConfig(paper_dir=str(consistent_composition(tmp_path)), n_entities=6, n_relations=2, n_val_queries=3)
-    splits = build_splits(config)
+    splits = load_splits(config)
     expected = torch.tensor([[(head * (relation + 2) + 1) % 6 for head in range(6)] for relation in range(2)])
     assert torch.equal(splits.graph.tails, expected)
     assert int((splits.train.hops == 1).sum()) == 12 and int((splits.train.hops == 2).sum()) == 12
@@ -181,7 +181,7 @@ def test_a_paper_directory_trains_in_this_projects_layout_with_its_graph_rebuilt
     path = splits.graph.follow(test.heads, test.relations)  # (Q, 3): this project's ids throughout
     assert torch.equal(path[:, 1], test.bridges[:, 0]) and torch.equal(path[:, 2], test.answers)
     assert test.tokens[:, 1:].min() >= 6  # relation tokens after the entities: this project's layout
-    assert torch.equal(build_splits(config).tests["id"].tokens, test.tokens)  # the same draw every time
+    assert torch.equal(load_splits(config).tests["id"].tokens, test.tokens)  # the same draw every time
 
 
 @pytest.mark.parametrize("change, message", [
@@ -191,7 +191,7 @@ def test_a_paper_directory_trains_in_this_projects_layout_with_its_graph_rebuilt
 def test_a_config_that_does_not_state_the_directorys_sizes_is_refused(tmp_path, change, message):
     config = DataConfig(**{"paper_dir": str(consistent_composition(tmp_path)), "n_entities": 6, "n_relations": 2, **change})
     with pytest.raises(ConfigError, match=message):
-        build_splits(config)
+        load_splits(config)
 
 
 def test_an_item_that_does_not_follow_the_atomic_facts_is_refused_naming_it(tmp_path):
@@ -201,4 +201,4 @@ def test_an_item_that_does_not_follow_the_atomic_facts_is_refused_naming_it(tmp_
     test[0]["target_text"] = test[0]["input_text"] + wrong + "</a>"
     (directory / "test.json").write_text(json.dumps(test))
     with pytest.raises(ConfigError, match=r"test\.json: the 2-hop item <e_\d><r_\d><r_\d> does not follow the atomic facts"):
-        build_splits(DataConfig(paper_dir=str(directory), n_entities=6, n_relations=2))
+        load_splits(DataConfig(paper_dir=str(directory), n_entities=6, n_relations=2))
