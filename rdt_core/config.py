@@ -232,7 +232,8 @@ class ModelConfig(ConfigSection):
     block: Literal["rdt", "gpt2"] = Field(
         "rdt",
         description="rdt: RMSNorm, no biases, exact GELU; gpt2: the paper's GPT-2 block (LayerNorm eps 1e-5 and "
-        "biases everywhere, tanh GELU, model.dropout, GPT-2's initialisation)",
+        "biases everywhere, tanh GELU, model.dropout, the paper's initialisation: embeddings N(0, 1), block weights "
+        "N(0, 0.02) as a bare transformers GPT2Block draws them)",
     )
     positions: Literal["rope", "learned", "sinusoidal", "none"] = Field(
         "rope",

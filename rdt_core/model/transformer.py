@@ -17,7 +17,7 @@ Design choices, and why:
 
 The paper's own models (OSU-NLP-Group/Loop-Think-Generalize: GPT-2 blocks looped R times) are options of
 the same class, every one off by default: ``model.block: gpt2`` (LayerNorm and biases, tanh GELU,
-dropout, GPT-2's initialisation), ``positions: learned | sinusoidal | none`` in place of rotary,
+dropout, the paper's initialisation), ``positions: learned | sinusoidal | none`` in place of rotary,
 ``injection: none`` (the input enters once, before the first loop), ``zero_init_output: false`` and
 ``readout: vocabulary`` (argmax over every token). tests/unit/test_gpt2_reference.py holds them to a loop
 of transformers' own GPT2Block, logit for logit.
@@ -71,8 +71,10 @@ def sinusoidal_table(length: int, d_model: int) -> torch.Tensor:
 class Block(nn.Module):
     """A pre-norm transformer layer: causal self-attention (rotary positions where ``rotary`` is given),
     then an MLP. ``model.block: rdt`` has RMS norms, no biases and exact GELU; ``gpt2`` is GPT-2's block:
-    LayerNorm (eps 1e-5), biases, tanh GELU, dropout on attention and on both residual branches, and
-    GPT-2's initialisation (normal 0.02, the output projections scaled by 1 / sqrt(2 x core layers))."""
+    LayerNorm (eps 1e-5), biases, tanh GELU, dropout on attention and on both residual branches, and the
+    initialisation the paper's models start from: transformers' GPT2Block built on its own (as the paper's
+    RecurrentGPT2Block builds it) draws its Conv1D weights from normal 0.02 with zero biases and never
+    applies GPT2Model's 1 / sqrt(2 x layers) scaling of the output projections."""
 
     def __init__(self, config: ModelConfig, rotary: Rotary | None, zero_init_output: bool):
         super().__init__()
@@ -91,8 +93,6 @@ class Block(nn.Module):
             for layer in (self.qkv, self.attn_out, self.mlp_in, self.mlp_out):
                 nn.init.normal_(layer.weight, std=0.02)
                 nn.init.zeros_(layer.bias)
-            for projection in (self.attn_out, self.mlp_out):
-                nn.init.normal_(projection.weight, std=0.02 / math.sqrt(2 * config.n_core_layers))
         if zero_init_output:
             nn.init.zeros_(self.attn_out.weight)
             nn.init.zeros_(self.mlp_out.weight)
@@ -128,11 +128,12 @@ class RecurrentDepthTransformer(nn.Module):
         gpt2 = config.block == "gpt2"
         rotary = Rotary(config.d_model // config.n_heads) if config.positions == "rope" else None
         self.embed = nn.Embedding(vocab.size, config.d_model)
-        nn.init.normal_(self.embed.weight, std=0.02 if gpt2 else 1.0 / math.sqrt(config.d_model))
+        # gpt2: the paper's plain nn.Embedding tables, normal with std 1 (not GPT2Model's 0.02)
+        nn.init.normal_(self.embed.weight, std=1.0 if gpt2 else 1.0 / math.sqrt(config.d_model))
         self.position_embed = None
         if config.positions == "learned":
             self.position_embed = nn.Embedding(config.n_positions, config.d_model)
-            nn.init.normal_(self.position_embed.weight, std=0.02 if gpt2 else 1.0 / math.sqrt(config.d_model))
+            nn.init.normal_(self.position_embed.weight, std=1.0 if gpt2 else 1.0 / math.sqrt(config.d_model))
         elif config.positions == "sinusoidal":
             self.register_buffer("position_table", sinusoidal_table(config.n_positions, config.d_model), persistent=False)
         self.prelude = nn.ModuleList(

@@ -80,14 +80,23 @@ def test_the_paper_block_gives_the_logits_of_a_loop_of_transformers_gpt2_blocks(
 
 
 def test_the_default_model_is_untouched_by_the_paper_options():
-    """rdt's block has no bias and RMS norms; the GPT-2 one has biases and LayerNorms with GPT-2's init."""
+    """rdt's block has no bias and RMS norms; the GPT-2 one has biases and LayerNorms, initialised as the
+    paper's model starts: plain embeddings N(0, 1), and every block weight as transformers' GPT2Block
+    built on its own draws it (Conv1D N(0, 0.02), no scaled output projections)."""
     vocab = Vocabulary(24, 4)
     rdt = build_model(ExperimentConfig.from_dict({"model": {"d_model": 32}}), vocab)
     gpt2 = build_model(ExperimentConfig.from_dict({"model": {**PAPER_BLOCK, "zero_init_output": True}}), vocab)
     assert all(layer.bias is None for name, layer in rdt.named_modules() if isinstance(layer, torch.nn.Linear))
     assert isinstance(rdt.final_norm, torch.nn.RMSNorm) and isinstance(gpt2.final_norm, torch.nn.LayerNorm)
-    assert gpt2.embed.weight.std().item() == pytest.approx(0.02, rel=0.2)
+    assert gpt2.embed.weight.std().item() == pytest.approx(1.0, rel=0.2)
     assert not gpt2.core[0][0].attn_out.weight.any()  # zero-initialised output projection, as asked
+    unzeroed = build_model(ExperimentConfig.from_dict({"model": {**PAPER_BLOCK, "zero_init_output": False}}), vocab)
+    sizes = unzeroed.config
+    reference = GPT2Block(GPT2Config(n_embd=sizes.d_model, n_head=sizes.n_heads, n_layer=sizes.n_core_layers,
+                                     n_inner=sizes.mlp_ratio * sizes.d_model))  # built on its own, as the paper does
+    for ours, theirs in ((unzeroed.core[0][0].qkv, reference.attn.c_attn), (unzeroed.core[0][0].mlp_out, reference.mlp.c_proj)):
+        assert ours.weight.std().item() == pytest.approx(theirs.weight.std().item(), rel=0.25)
+        assert not ours.bias.any() and not theirs.bias.any()
 
 
 @pytest.mark.parametrize(
