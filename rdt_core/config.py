@@ -267,6 +267,9 @@ class TrainConfig(ConfigSection):
     batch_size: int = Field(128, ge=1, description="global batch, split across data-parallel workers")
     lr: float = Field(3e-3, gt=0.0, le=1.0)
     weight_decay: float = Field(1.0, ge=0.0, description="strong decay speeds up generalization")
+    adam_beta2: float = Field(
+        0.98, gt=0.0, lt=1.0, description="AdamW's second-moment decay (the paper's code: torch's default 0.999)"
+    )
     warmup_steps: int = Field(50, ge=0)
     lr_schedule: Literal["cosine", "constant", "linear"] = Field(
         "cosine",
@@ -276,7 +279,9 @@ class TrainConfig(ConfigSection):
     label_smoothing: float = Field(
         0.0, ge=0.0, lt=1.0, description="of the training loss over the entities (the paper's code: 0.1, over its vocabulary)"
     )
-    grad_clip: float = Field(1.0, gt=0.0)
+    grad_clip: float = Field(
+        1.0, ge=0.0, description="the gradient's norm is clipped to this; 0 clips nothing (the paper's code)"
+    )
     train_loops: int = Field(4, ge=1, description="R, or its mean when sampled")
     loops_sampling: Literal["fixed", "poisson"] = Field(
         "fixed",

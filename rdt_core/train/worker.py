@@ -104,7 +104,7 @@ def make_optimizer(
 ) -> torch.optim.AdamW:
     """AdamW as every run trains with it (fused kernels on CUDA)."""
     return torch.optim.AdamW(
-        parameters, lr=config.train.lr, betas=(0.9, 0.98), weight_decay=config.train.weight_decay,
+        parameters, lr=config.train.lr, betas=(0.9, config.train.adam_beta2), weight_decay=config.train.weight_decay,
         fused=device.type == "cuda",
     )
 
@@ -325,7 +325,8 @@ def train_worker(
                 loss = loss + config.train.progressive_loss_weight * replica_losses(logits, answers, n_replicas, smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.sum().backward()  # replicas share no weight: each slice of a gradient is its replica's own
-        models.clip_gradients(config.train.grad_clip)
+        if config.train.grad_clip > 0:
+            models.clip_gradients(config.train.grad_clip)
         optimizer.step()
         loss_sum += loss.detach()
         loops_sum += n_loops

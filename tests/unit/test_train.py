@@ -320,3 +320,17 @@ def test_with_restarts_each_stage_begins_with_a_fresh_optimizer_and_its_warm_up(
     assert len(optimizers) == 2  # the run's, and the second stage's
     assert first["lr"] == pytest.approx(config.train.lr * 20 / 30)  # the run's own warm-up, 20 of 30 steps in
     assert second["lr"] == pytest.approx(config.train.lr * 20 / 30)  # the new stage's: 20 steps since step 20
+
+
+def test_the_papers_optimizer_settings_reach_adamw_and_a_zero_clip_leaves_gradients_whole(monkeypatch):
+    config = ExperimentConfig.from_dict({**TINY, "train": {**TINY["train"], "steps": 2, "eval_every": 2,
+                                                           "adam_beta2": 0.999, "grad_clip": 0.0}})
+    optimizer = make_optimizer([torch.nn.Parameter(torch.zeros(2))], config, torch.device("cpu"))
+    assert optimizer.param_groups[0]["betas"] == (0.9, 0.999)
+    clipped = []
+    monkeypatch.setattr(worker.TrainedModels, "clip_gradients", lambda self, norm: clipped.append(norm))
+    train_worker(config, reporter=lambda metrics, checkpoint: None)
+    assert clipped == []
+    train_worker(config.model_copy(update={"train": config.train.model_copy(update={"grad_clip": 0.5})}),
+                 reporter=lambda metrics, checkpoint: None)
+    assert clipped == [0.5, 0.5]
