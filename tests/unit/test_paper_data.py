@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rdt_core.config import ConfigError, DataConfig
-from rdt_core.data import PaperData, PaperFormatError, load_splits, read_paper_data
+from rdt_core.data import PaperData, PaperFormatError, QuerySet, load_splits, read_paper_data
 
 ENTITIES = [f"<e_{index}>" for index in range(6)]
 RELATIONS = ["<r_0>", "<r_1>"]
@@ -202,3 +202,29 @@ def test_an_item_that_does_not_follow_the_atomic_facts_is_refused_naming_it(tmp_
     (directory / "test.json").write_text(json.dumps(test))
     with pytest.raises(ConfigError, match=r"test\.json: the 2-hop item <e_\d><r_\d><r_\d> does not follow the atomic facts"):
         load_splits(DataConfig(paper_dir=str(directory), n_entities=6, n_relations=2))
+
+
+@pytest.mark.parametrize("export_format, generated", [
+    ("paper-composition", DataConfig(n_entities=40, n_relations=6, construction="composition", out_degree=4,
+                                     ood_fraction=0.3, inferred_ratio=2.0, n_test_queries=8, n_val_queries=4, seed=3)),
+    ("paper-depth", DataConfig(n_entities=30, n_relations=4, n_train_per_hop=40, train_max_hops=3, test_max_hops=5,
+                               n_test_queries=10, n_val_queries=5, seed=1)),
+])
+def test_an_exported_paper_directory_trains_on_the_graph_and_queries_it_was_made_from(tmp_path, export_format, generated):
+    """export --format paper-* then data.paper_dir: the same facts, trained queries and held-out queries
+    (each split's test and validation together: the layouts keep them as one test type)."""
+    from rdt_core.data.export import export
+
+    export(generated, tmp_path / "paper", export_format)
+    made = load_splits(generated)
+    read = load_splits(generated.model_copy(update={"paper_dir": str(tmp_path / "paper")}))
+    assert torch.equal(read.graph.tails, made.graph.tails) and torch.equal(read.fact_is_ood, made.fact_is_ood)
+
+    def rows(queries):
+        return sorted(map(tuple, torch.cat([queries.tokens, queries.answers[:, None], queries.bridges], 1).tolist()))
+
+    assert rows(read.train) == rows(made.train)
+    for split in made.tests:
+        assert rows(QuerySet.concat([read.tests[split], read.validation[f"{split}_val"]])) == \
+            rows(QuerySet.concat([made.tests[split], made.validation[f"{split}_val"]]))
+        assert len(read.validation[f"{split}_val"]) == len(made.validation[f"{split}_val"])
