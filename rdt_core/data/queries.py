@@ -92,15 +92,36 @@ def n_held_out_facts(config: DataConfig) -> int:
     return round(config.ood_fraction * config.n_facts)
 
 
-def build_splits(config: DataConfig) -> Splits:
-    """The generated graph and its train and test query sets, from ``config`` alone. A config may instead
-    name a paper directory: ``rdt_core.data.splits.load_splits`` takes either."""
+@dataclass(frozen=True)
+class _Draw:
+    """One set of walks to draw: ``wanted`` distinct ``hops``-hop queries over the ``allowed`` facts, the
+    first ``n_trained`` of them trained, then validation, then test queries of ``split``."""
+
+    hops: int
+    split: str
+    allowed: torch.Tensor  # (n_relations, n_entities) bool
+    n_trained: int
+    wanted: int
+
+
+@dataclass(frozen=True)
+class _Plan:
+    graph: KnowledgeGraph
+    fact_is_ood: torch.Tensor  # (n_relations, n_entities) bool
+    facts: torch.Tensor  # (n_facts,) flat indices r * n_entities + h of the present facts
+    draws: list[_Draw]
+    generator: torch.Generator  # where the walks are drawn from, past the held-out facts' draw
+
+
+def _plan(config: DataConfig) -> _Plan:
+    """The graph, its held-out facts and every set of walks the splits need, each counted exactly against
+    what the graph holds: a graph too small for its splits is a ``ConfigError`` here, before any walk is
+    drawn (``check_splits``)."""
     if config.paper_dir is not None:
         raise ValueError("data.paper_dir names a directory to read: load_splits reads it, build_splits generates")
     graph = KnowledgeGraph.generate(
         config.n_entities, config.n_relations, config.seed, config.construction, config.out_degree
     )
-    vocab = Vocabulary(config.n_entities, config.n_relations)
     generator = torch.Generator().manual_seed(config.seed + 1)
     facts = graph.present.flatten().nonzero().squeeze(1)  # (n_facts,) in relation-major order
     n_ood_facts = n_held_out_facts(config)
@@ -108,48 +129,70 @@ def build_splits(config: DataConfig) -> Splits:
     fact_is_ood[facts[torch.randperm(facts.numel(), generator=generator)[:n_ood_facts]]] = True
     fact_is_ood = fact_is_ood.view(config.n_relations, config.n_entities)
 
-    atomic_heads, atomic_relations = facts % config.n_entities, (facts // config.n_entities)[:, None]
-    train_parts = [make_query_set(graph, vocab, atomic_heads, atomic_relations, config.test_max_hops)]
-    test_parts: dict[str, list[QuerySet]] = {"id": []}
-    if n_ood_facts:
-        test_parts["ood"] = []
-    val_parts: dict[str, list[QuerySet]] = {f"{split}_val": [] for split in test_parts}
     n_held = config.n_validation + config.n_test_queries
-
     n_id_facts = facts.numel() - n_ood_facts
     trained_hops = range(2, config.train_max_hops + 1)
     n_train_per_hop = config.n_train_per_hop or round(config.inferred_ratio * n_id_facts / max(1, len(trained_hops)))
-    trained_key = "data.n_train_per_hop" if config.n_train_per_hop else "data.inferred_ratio"
+    splits = {"id": graph.present & ~fact_is_ood, **({"ood": fact_is_ood} if n_ood_facts else {})}
+    draws = []
     for hops in range(2, config.test_max_hops + 1):
-        n_train = n_train_per_hop if hops in trained_hops else 0
-        for split, allowed in (("id", graph.present & ~fact_is_ood), ("ood", fact_is_ood)):
-            if split not in test_parts:
-                continue
-            n_trained = n_train if split == "id" else 0  # held-out facts are never composed in training
-            wanted = n_trained + n_held
-            found = n_distinct_walks(graph, allowed, hops)  # an error at once where the graph has too few
-            if found >= wanted:
-                heads, relations = sample_distinct_walks(graph, allowed, hops, wanted, generator)
-                found = heads.numel()
-            if found < wanted:
-                if found - n_trained >= 1:
-                    remedy = f"at most {found - n_trained} can be held out"
-                elif config.n_train_per_hop:  # the trained queries alone exceed the graph
-                    remedy = f"n_train_per_hop at most {max(0, found - n_held)} leaves room for them"
-                else:  # the trained queries alone exceed the graph: only a smaller phi helps
-                    largest_ratio = (found - n_held) * max(1, len(trained_hops)) / n_id_facts
-                    remedy = f"inferred_ratio at most {max(0.0, largest_ratio):.2f} leaves room for them"
-                raise ConfigError(
-                    trained_key if n_trained else "data.n_test_queries",
-                    f"only {found} distinct {hops}-hop {split} queries exist, {wanted} wanted "
-                    f"({n_trained} trained + {config.n_validation} validation + {config.n_test_queries} test): "
-                    + remedy,
-                )
-            queries = make_query_set(graph, vocab, heads, relations, config.test_max_hops)
-            if n_trained:
-                train_parts.append(queries.subset(torch.arange(n_trained)))
-            val_parts[f"{split}_val"].append(queries.subset(torch.arange(n_trained, n_trained + config.n_validation)))
-            test_parts[split].append(queries.subset(torch.arange(n_trained + config.n_validation, wanted)))
+        for split, allowed in splits.items():
+            n_trained = n_train_per_hop if hops in trained_hops and split == "id" else 0  # held-out facts: never trained
+            draw = _Draw(hops, split, allowed, n_trained, n_trained + n_held)
+            found = n_distinct_walks(graph, allowed, hops)
+            if found < draw.wanted:
+                raise _too_few(config, draw, found, n_id_facts)
+            draws.append(draw)
+    return _Plan(graph, fact_is_ood, facts, draws, generator)
+
+
+def _too_few(config: DataConfig, draw: _Draw, found: int, n_id_facts: int) -> ConfigError:
+    """The error of a draw that found ``found`` < ``draw.wanted`` distinct queries, naming the key to change."""
+    n_held = config.n_validation + config.n_test_queries
+    n_trained_hops = max(1, config.train_max_hops - 1)
+    if found - draw.n_trained >= 1:
+        remedy = f"at most {found - draw.n_trained} can be held out"
+    elif config.n_train_per_hop:  # the trained queries alone exceed the graph
+        remedy = f"n_train_per_hop at most {max(0, found - n_held)} leaves room for them"
+    else:  # the trained queries alone exceed the graph: only a smaller phi helps
+        largest_ratio = (found - n_held) * n_trained_hops / n_id_facts
+        remedy = f"inferred_ratio at most {max(0.0, largest_ratio):.2f} leaves room for them"
+    trained_key = "data.n_train_per_hop" if config.n_train_per_hop else "data.inferred_ratio"
+    return ConfigError(
+        trained_key if draw.n_trained else "data.n_test_queries",
+        f"only {found} distinct {draw.hops}-hop {draw.split} queries exist, {draw.wanted} wanted "
+        f"({draw.n_trained} trained + {config.n_validation} validation + {config.n_test_queries} test): " + remedy,
+    )
+
+
+def check_splits(config: DataConfig) -> None:
+    """Whether the generated graph holds every query its splits ask for (a ``ConfigError`` naming the key
+    where not), counted without drawing one: what a sweep checks of each trial's data before it starts
+    (drawing the paper's depth set takes seconds)."""
+    _plan(config)
+
+
+def build_splits(config: DataConfig) -> Splits:
+    """The generated graph and its train and test query sets, from ``config`` alone. A config may instead
+    name a paper directory: ``rdt_core.data.splits.load_splits`` takes either."""
+    plan = _plan(config)
+    graph, fact_is_ood, facts = plan.graph, plan.fact_is_ood, plan.facts
+    vocab = Vocabulary(config.n_entities, config.n_relations)
+    atomic_heads, atomic_relations = facts % config.n_entities, (facts // config.n_entities)[:, None]
+    train_parts = [make_query_set(graph, vocab, atomic_heads, atomic_relations, config.test_max_hops)]
+    test_parts: dict[str, list[QuerySet]] = {split: [] for split in dict.fromkeys(draw.split for draw in plan.draws)}
+    val_parts: dict[str, list[QuerySet]] = {f"{split}_val": [] for split in test_parts}
+    n_id_facts = facts.numel() - n_held_out_facts(config)
+    for draw in plan.draws:
+        heads, relations = sample_distinct_walks(graph, draw.allowed, draw.hops, draw.wanted, plan.generator)
+        if heads.numel() < draw.wanted:  # rounds of walks stopped finding new queries
+            raise _too_few(config, draw, heads.numel(), n_id_facts)
+        queries = make_query_set(graph, vocab, heads, relations, config.test_max_hops)
+        n_trained = draw.n_trained
+        if n_trained:
+            train_parts.append(queries.subset(torch.arange(n_trained)))
+        val_parts[f"{draw.split}_val"].append(queries.subset(torch.arange(n_trained, n_trained + config.n_validation)))
+        test_parts[draw.split].append(queries.subset(torch.arange(n_trained + config.n_validation, draw.wanted)))
 
     train = QuerySet.concat(train_parts)
     held_out = {name: QuerySet.concat(parts) for name, parts in {**test_parts, **val_parts}.items()}

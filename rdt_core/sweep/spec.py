@@ -25,7 +25,7 @@ from rdt_core.config import (
     read_yaml_mapping,
     set_dotted,
 )
-from rdt_core.data.splits import load_splits
+from rdt_core.data.splits import check_data
 from rdt_core.metrics import ACC
 from rdt_core.train import reported_metric_names
 
@@ -357,7 +357,7 @@ def validate_spec(raw: dict[str, Any], path: str | Path) -> SweepSpec:
 
 
 def check_graphs(spec: SweepSpec, path: str | Path) -> None:
-    """Build the query splits of every graph the sweep's trials will use (a grid's settings and seeds;
+    """Check the query splits of every graph the sweep's trials will use (a grid's settings and seeds;
     for a searched space, the ends of each searched data key), so that a graph too small for its splits
     (an inferred ratio or a test split asking for more distinct queries than it holds) stops the sweep
     here with one line, instead of failing in a trial's worker after others have trained for minutes."""
@@ -373,7 +373,7 @@ def check_graphs(spec: SweepSpec, path: str | Path) -> None:
             continue
         built.add(data)
         try:
-            load_splits(data)
+            check_data(data)
         except ConfigError as error:
             searched = error.key in spec.search_space
             where = f"search_space.{error.key}" if searched else f"base.{error.key}"
