@@ -20,8 +20,10 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from pathlib import Path
+
 from benchmarks.common import Entry, entry, seconds_of
-from rdt_core.config import DataConfig
+from rdt_core.config import DataConfig, read_yaml_mapping
 from rdt_core.data import build_splits
 from rdt_core.data.queries import Splits
 
@@ -92,6 +94,26 @@ def growth(axis: str, configs: list[DataConfig], repeats: int) -> list[Entry]:
     return entries
 
 
+PAPER_PRESETS = {  # the paper's two data sets, as its presets generate them
+    "paper_composition": Path("docs/configs/paper_systematicity.yaml"),
+    "paper_depth": Path("docs/configs/paper_depth.yaml"),
+}
+PAPER_SECONDS = 30.0  # what generating a paper-sized data set may take here
+
+
+def paper_sizes(repeats: int) -> list[Entry]:
+    """Seconds to build each of the paper's data sets (the composition set's 2,000 x 200 graph, the depth
+    set's chains to 40 hops) from its preset's ``data`` section, against a budget of 30 s."""
+    entries = []
+    for name, preset in PAPER_PRESETS.items():
+        config = DataConfig.model_validate((read_yaml_mapping(preset) or {})["data"])
+        seconds = min(seconds_of(lambda: build_splits(config)) for _ in range(repeats))
+        entries.append(entry(f"datagen/{name}/seconds", seconds, PAPER_SECONDS, "s", "<= 1",
+                             note=f"build_splits on {preset}'s data section against a budget of 30 s",
+                             n_entities=config.n_entities, n_relations=config.n_relations))
+    return entries
+
+
 def generation_scaling(quick: bool) -> list[Entry]:
     repeats = 2 if quick else 5
     entities = [1024, 2048, 4096, 8192] + ([] if quick else [16384])
@@ -102,4 +124,5 @@ def generation_scaling(quick: bool) -> list[Entry]:
         + growth("relations", [DataConfig(n_entities=1024, n_relations=m) for m in relations], repeats)
         + growth("hops", [DataConfig(n_entities=1024, n_relations=8, train_max_hops=k, test_max_hops=k)
                           for k in hops], repeats)
+        + paper_sizes(1 if quick else 2)
     )
