@@ -287,7 +287,21 @@ def check_child_accuracy_chart(page, site: Site) -> None:
     search.fill(ACCURACY)  # only the charts of the first sections are drawn until scrolled to
     legend = f"{name} ({ACCURACY})"  # a chart's legend: run name (metric)
     chart = page.get_by_test_id("experiment-view-compare-runs-card").filter(has_text=legend)
-    shown(chart.locator("path.js-line"), f"the line of {ACCURACY} in a chart of {name}")
+    shown(chart, f"the chart of {ACCURACY} of {name}")
+    drawn(chart.locator("path.js-line"), f"the line of {ACCURACY} in a chart of {name}")
+
+
+def drawn(line, what: str) -> None:
+    """A plotted line through at least two points. Not "visible": a line of one constant value (a short
+    run's accuracy may stay at 0) is a path of zero height, which a browser reports as an empty box."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        line.first.wait_for(state="attached", timeout=SHOWN_S * 1000)
+    except PlaywrightTimeout:
+        raise AssertionError(f"{what}: not drawn within {SHOWN_S:g} s") from None
+    path = line.first.get_attribute("d") or ""
+    assert path.count("L") >= 1, f"{what}: a path through fewer than two points ({path[:80]!r})"
 
 
 def check_optuna_study(page, site: Site) -> None:
