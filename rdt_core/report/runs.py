@@ -27,6 +27,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from rdt_core.metrics import ACC, Kind, from_tables, names_of
+from rdt_core.tracking import store as tracking_store
 from rdt_core.tracking.reports import TABLES_DIR, table_rows
 
 DEFAULT_METRIC, DEFAULT_MODE = ACC.name(split="id"), "max"  # the best trial's criterion when the parent has none
@@ -208,11 +209,13 @@ def value_order(value: str) -> tuple[float, str]:
 
 def open_store(tracking_uri: str) -> MlflowClient:
     """A client of an existing store: MLflow would create a missing SQLite file (and print its
-    migrations), and a report only reads what a sweep wrote."""
-    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
-        raise ReportError(f"no MLflow store at {tracking_uri}")
+    migrations), and a report only reads what a sweep wrote. A SQLite store is opened under its lock, and
+    repaired if an older run left it half-migrated (``rdt_core.tracking.open_store``)."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per run's tables says nothing
-    return MlflowClient(tracking_uri)
+    try:
+        return tracking_store.open_store(tracking_uri, create=False)
+    except tracking_store.StoreRefused as error:
+        raise ReportError(str(error)) from None
 
 
 def load_sweep(client: MlflowClient, experiment: str, parent_run_id: str | None = None) -> Sweep:

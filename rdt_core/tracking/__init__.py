@@ -1,12 +1,16 @@
 """MLflow tracking, below both the sweep and the report, and MLflow only (no Ray, no Optuna).
 
-``tracker``: the store (its URI, whether it answers) and the runs in it (``SweepTracker``); ``outbox``:
-the sweep's writes, in order, kept in a file while the store does not answer; ``reports``: what of a
-run's reports MLflow holds (a few headline metrics over training, tables at the end).
+``store``: a SQLite store that several processes open at once, made whole aside and repaired where an
+older run left it half-migrated (``open_store``); ``tracker``: the store (its URI, whether it answers) and
+the runs in it (``SweepTracker``); ``outbox``: the sweep's writes, in order, kept in a file while the
+store does not answer; ``reports``: what of a run's reports MLflow holds (a few headline metrics over
+training, tables at the end); ``errors``: why a store cannot be used, in one line.
 """
 
+from rdt_core.tracking.errors import StoreRefused
 from rdt_core.tracking.outbox import PARENT, Outbox, outbox_path, send_outbox, trial_key
 from rdt_core.tracking.reports import headline, log_evaluation, log_final, table_file
+from rdt_core.tracking.store import open_store, ready_store
 from rdt_core.tracking.tracker import (
     DEFAULT_TRACKING_URI,
     SweepTracker,
@@ -21,6 +25,7 @@ __all__ = [
     "DEFAULT_TRACKING_URI",
     "PARENT",
     "Outbox",
+    "StoreRefused",
     "SweepTracker",
     "TrackingCredentialsError",
     "TrackingUnavailable",
@@ -28,7 +33,9 @@ __all__ = [
     "headline",
     "log_evaluation",
     "log_final",
+    "open_store",
     "outbox_path",
+    "ready_store",
     "resolve_tracking_uri",
     "send_outbox",
     "store_must_answer",

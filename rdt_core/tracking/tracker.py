@@ -26,6 +26,9 @@ from mlflow.utils.credentials import get_default_host_creds
 from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS, MLFLOW_PARENT_RUN_ID
 from mlflow.utils.rest_utils import http_request
 
+from rdt_core.tracking.errors import TrackingCredentialsError, TrackingUnavailable
+from rdt_core.tracking.store import open_store
+
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
 
@@ -33,17 +36,6 @@ MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
 def resolve_tracking_uri(spec_uri: str | None) -> str:
     """``MLFLOW_TRACKING_URI`` when set, else the spec's ``tracking_uri``, else a local SQLite file."""
     return os.environ.get("MLFLOW_TRACKING_URI") or spec_uri or DEFAULT_TRACKING_URI
-
-
-class TrackingUnavailable(RuntimeError):
-    """The tracking server cannot be used: it does not answer, or it refuses the credentials
-    (``TrackingCredentialsError``); the message names it and the cause in one line."""
-
-
-class TrackingCredentialsError(TrackingUnavailable):
-    """The tracking server answers but will not take the credentials from the environment (none, wrong,
-    or not allowed), or they sit in the tracking URI, which the sweep logs and prints. The message names
-    the variable to set and never holds a password or token."""
 
 
 BASIC_AUTH_VARIABLES = "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
@@ -178,10 +170,7 @@ class SweepTracker:
         self.tracking_uri = tracking_uri
         self._client: MlflowClient | None = None
         if experiment_id is None:
-            experiment = self.client.get_experiment_by_name(experiment_name)
-            experiment_id = (
-                experiment.experiment_id if experiment is not None else self.client.create_experiment(experiment_name)
-            )
+            experiment_id = self.experiment_named(experiment_name)
         self.experiment_id = experiment_id
         self.parent_run_id: str | None = None
 
@@ -190,8 +179,22 @@ class SweepTracker:
         """Made on first use, and again after unpickling: Ray Tune pickles its callbacks with the
         experiment state (for ``--resume``), and a live database connection does not pickle."""
         if self._client is None:
-            self._client = MlflowClient(self.tracking_uri)
+            self._client = open_store(self.tracking_uri)  # a SQLite store: made or repaired whole, under its lock
         return self._client
+
+    def experiment_named(self, name: str) -> str:
+        """The id of the experiment ``name``, made if need be; another process making it at the same
+        moment is no error."""
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        try:
+            return self.client.create_experiment(name)
+        except MlflowException as error:
+            experiment = self.client.get_experiment_by_name(name)
+            if error.error_code != "RESOURCE_ALREADY_EXISTS" or experiment is None:
+                raise
+            return experiment.experiment_id
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_client": None}

@@ -51,9 +51,12 @@ def main(argv: list[str] | None = None) -> int:
 
     tracker = run_id = None
     if not args.no_mlflow:
-        from rdt_core.tracking import SweepTracker, resolve_tracking_uri
+        from rdt_core.tracking import StoreRefused, SweepTracker, resolve_tracking_uri
 
-        tracker = SweepTracker(resolve_tracking_uri(None), args.experiment or args.config.stem)
+        try:  # a SQLite store: opened under its lock, made or repaired whole; refused in one line
+            tracker = SweepTracker(resolve_tracking_uri(None), args.experiment or args.config.stem)
+        except StoreRefused as error:
+            return refuse(error)
         run_id = tracker.start_parent(
             args.config.stem, params=config.to_flat_dict(), tags={"rdt.config_path": str(args.config)}
         )
