@@ -72,9 +72,16 @@ def check_connects(store_uri: str) -> None:
 
 
 def prepare_store(backend_store_uri: str) -> None:
-    """Create the tracking tables, or upgrade them to this MLflow's schema (idempotent)."""
+    """Create the tracking tables, or upgrade them to this MLflow's schema (idempotent). A SQLite store is
+    made as a sweep makes it (``rdt_core.tracking.store``: created aside and moved into place whole, under
+    the lock a sweep opening it at the same time takes too)."""
     from mlflow.tracking import MlflowClient
 
+    if backend_store_uri.startswith("sqlite:"):
+        from rdt_core.tracking.store import ready_store
+
+        ready_store(backend_store_uri)
+        return
     check_connects(backend_store_uri)
     MlflowClient(backend_store_uri).search_experiments(max_results=1)
 
