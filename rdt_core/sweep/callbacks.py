@@ -50,6 +50,7 @@ class MlflowTrialCallback(tune.Callback):
         self.study_name = study_name
         self.optuna_storage = optuna_storage
         self.started: set[str] = set()  # trials whose run this driver has started
+        self.names: dict[str, str] = {}  # each started trial's child run name
         self._storage: optuna.storages.BaseStorage | None = None  # one connection, made on first use
 
     def __getstate__(self) -> dict[str, Any]:
@@ -74,9 +75,21 @@ class MlflowTrialCallback(tune.Callback):
             self.outbox.start_trial_run(trial.trial_id, params=params, tags={})
             return
         name = child_run_name(self.outbox.sweep_name, optuna_trial.number)
+        self.names[trial.trial_id] = name
         self.outbox.start_trial_run(trial.trial_id, params, {TRIAL_NUMBER_TAG: str(optuna_trial.number)}, name)
         if (run_id := self.outbox.run_id(key)) is not None and not optuna_trial.state.is_finished():
             self.storage.set_trial_user_attr(optuna_trial._trial_id, RUN_ID_ATTR, run_id)
+
+    def run_name(self, tune_trial_id: str) -> str | None:
+        """A trial's child run name (``<sweep>-<n>``), for the console; one that an interrupted earlier run
+        of the sweep started is looked up in the study once."""
+        if not hasattr(self, "names"):  # a callback pickled before it had names
+            self.names = {}
+        if tune_trial_id not in self.names:
+            optuna_trial = self.optuna_trial(tune_trial_id)
+            found = child_run_name(self.outbox.sweep_name, optuna_trial.number) if optuna_trial else ""
+            self.names[tune_trial_id] = found
+        return self.names[tune_trial_id] or None
 
     def optuna_trial(self, tune_trial_id: str) -> optuna.trial.FrozenTrial | None:
         """The study's trial that the searcher gave to this Tune trial, if any."""

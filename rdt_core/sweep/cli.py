@@ -1,5 +1,9 @@
-"""``python sweeps/run.py SPEC.yaml [--set key=value ...] [--dry-run] [--resume] [--send-outbox]``: validate
-the spec, run the sweep, print where to look.
+"""``python sweeps/run.py SPEC.yaml [--set key=value ...] [--dry-run] [--resume] [--send-outbox] [--verbose]``:
+validate the spec, run the sweep, print where to look.
+
+While the sweep runs the console shows its progress (``rdt_core.sweep.console``); Ray Tune's full output
+and Ray's log lines go to ``sweep.log`` in the Tune experiment folder (its path printed), and to the
+console as well with ``--verbose``.
 
 Exit status: 0 when every trial finished and MLflow has every result, 1 when a trial or the sweep failed
 or the tracking store stopped answering (its writes are then kept for ``--send-outbox``), 2 for invalid
@@ -9,13 +13,18 @@ input (one line naming the file and the key, printed before Ray or MLflow is tou
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from rdt_core.config import refuse
 from rdt_core.sweep.spec import SpecError, load_spec
+
+if TYPE_CHECKING:
+    from rdt_core.sweep.plan import SweepPlan
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
         "--send-outbox", action="store_true",
         help="send the MLflow writes this sweep kept while its tracking store was down; run nothing",
     )
+    parser.add_argument(
+        "--verbose", action="store_true",
+        help="show Ray Tune's result tables and Ray's log lines here too (they always go to the sweep's sweep.log)",
+    )
     args = parser.parse_args(argv)
     try:
         spec = load_spec(args.spec, args.overrides)
@@ -48,8 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         check_local_resources,
         run_sweep,
     )
+    from rdt_core.sweep.console import routed_output, sweep_log_path
     from rdt_core.sweep.summary import parent_run_link
-    from rdt_core.tracking import TrackingUnavailable
+    from rdt_core.tracking import StoreRefused, TrackingUnavailable
 
     plan = SweepPlan.resolve(spec, args.spec)
     if args.send_outbox:
@@ -63,15 +77,26 @@ def main(argv: list[str] | None = None) -> int:
         check_local_resources(spec)
     except LocalResourcesError as error:
         return refuse(f"{args.spec}: {error}")
+    log_path = sweep_log_path(plan)
     try:
-        outcome = run_sweep(plan, resume=args.resume)
+        with routed_output(log_path, verbose=args.verbose, append=args.resume) as console:
+            console.line(header(plan, log_path, args.verbose), logged=False)
+            outcome = run_sweep(plan, resume=args.resume)
     except (ResumeError, OutboxError) as error:
         return refuse(f"{args.spec}: {error}")
-    except TrackingUnavailable as error:
-        return refuse(error, 1)
+    except TrackingUnavailable as error:  # a store refused (what to do in one line) is bad input; one down is not
+        return refuse(error, 2 if isinstance(error, StoreRefused) else 1)
+    except BaseException:
+        print(f"the sweep stopped; Ray Tune's and Ray's output is in {log_path}", file=sys.stderr)
+        raise
     metric = spec.objectives()[0][0]
     print(f"\nsweep {spec.name}: {outcome.n_trials} trials, {outcome.n_failed} failed")
-    print(f"best {metric} = {outcome.best_metrics.get(metric, float('nan')):.4f} with")
+    best_value = f"{outcome.best_metrics.get(metric, float('nan')):.4f}"
+    if spec.seeds > 1:  # the best setting, by its mean over its replicates
+        spread, n = outcome.best_spread.get(metric, math.nan), outcome.best_replicates
+        best_value += (f" ± {spread:.4f} (mean ± std over {n} replicates)" if math.isfinite(spread)
+                       else f" (mean over {n} replicate{'s' if n != 1 else ''})")
+    print(f"best {metric} = {best_value} with")
     for key, value in sorted(outcome.best_config.items()):
         print(f"  {key} = {value}")
     if outcome.pareto_front:
@@ -97,6 +122,17 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     return 0 if outcome.n_failed == 0 else 1
+
+
+def header(plan: SweepPlan, log_path: Path, verbose: bool) -> str:
+    """The sweep's first lines: what it runs, and where the rest of its output goes."""
+    spec = plan.spec
+    metrics, modes = spec.objectives()
+    replicated = f" ({spec.seeds} seeds of each setting, ranked by their mean)" if spec.seeds > 1 else ""
+    where = "here and in" if verbose else "in"
+    return (f"sweep {spec.name}: {spec.trial_count()} trials{replicated}, {spec.max_concurrent_trials} at a time, "
+            f"best by {metrics[0]} ({modes[0]})\nRay Tune's full output and Ray's logs: {where} {log_path}"
+            + ("" if verbose else " (--verbose shows them here)"))
 
 
 def send_kept_writes(sweep_name: str) -> int:

@@ -3,9 +3,9 @@
 The plan (``plan``) is resolved from the spec before anything starts; the tracking (``parent``) opens the
 parent run, the Optuna study and the outbox every MLflow write goes through; the tuner runs the trials
 (``trainables``) under a seeded Optuna searcher (``search``) with each trial mirrored into a child run
-(``callbacks``); the summary (``summary``) makes the parent run the sweep's leaderboard and draws the
-phase diagrams. What ``--resume`` does is told step by step in ``resume``, whose ``Resumption`` is made
-here once and handed to the tracking and the tuner.
+(``callbacks``) and shown as it goes (``console``); the summary (``summary``) makes the parent run the
+sweep's leaderboard and draws the phase diagrams. What ``--resume`` does is told step by step in
+``resume``, whose ``Resumption`` is made here once and handed to the tracking and the tuner.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, HyperBandScheduler
 
 from rdt_core.sweep.callbacks import MlflowTrialCallback
+from rdt_core.sweep.console import ProgressCallback
 from rdt_core.sweep.parent import OutboxError, SweepTracking
 from rdt_core.sweep.plan import LocalResourcesError, SweepPlan, check_local_resources
 from rdt_core.sweep.resume import ResumeError, Resumption
@@ -99,10 +100,24 @@ def make_tuner(plan: SweepPlan, tracking: SweepTracking, resumption: Resumption)
     """The Tuner Tune saved, on ``--resume``, else a new one."""
     trainable = make_trainable(plan.spec, plan.storage_path, tracking.checkpoint_bytes)
     if (restored := resumption.restored_tuner(trainable)) is not None:
+        with_progress(restored, plan.spec)
         return restored
     metrics, _ = plan.spec.objectives()
     callback = MlflowTrialCallback(tracking.outbox, tracking.base, metrics, tracking.study_name, plan.optuna_storage)
-    return new_tuner(plan.spec, plan, trainable, tracking.study_name, callback)
+    progress = ProgressCallback(plan.spec, name_of=callback.run_name)
+    return new_tuner(plan.spec, plan, trainable, tracking.study_name, [callback, progress])
+
+
+def with_progress(restored: tune.Tuner, spec: SweepSpec) -> None:
+    """A restored Tuner runs with the callbacks Tune saved; one saved by a sweep of an earlier version has
+    no ``ProgressCallback``, which is added (Tune offers no public way: its run config is reached inside)."""
+    local = getattr(restored, "_local_tuner", None)  # None through Ray Client
+    run_config = local.get_run_config() if local is not None else None
+    if run_config is None or any(isinstance(c, ProgressCallback) for c in run_config.callbacks or []):
+        return
+    mlflow = next((c for c in run_config.callbacks or [] if isinstance(c, MlflowTrialCallback)), None)
+    run_config.callbacks = [*(run_config.callbacks or []),
+                            ProgressCallback(spec, name_of=mlflow.run_name if mlflow is not None else None)]
 
 
 def make_scheduler(spec: SweepSpec) -> Any:
@@ -123,7 +138,8 @@ def make_scheduler(spec: SweepSpec) -> Any:
     return None
 
 
-def new_tuner(spec: SweepSpec, plan: SweepPlan, trainable: Any, study_name: str, callback: tune.Callback) -> tune.Tuner:
+def new_tuner(spec: SweepSpec, plan: SweepPlan, trainable: Any, study_name: str,
+              callbacks: list[tune.Callback]) -> tune.Tuner:
     metrics, modes = spec.objectives()
     single = len(metrics) == 1
     searcher = PruningAwareOptunaSearch(
@@ -148,8 +164,8 @@ def new_tuner(spec: SweepSpec, plan: SweepPlan, trainable: Any, study_name: str,
             name=spec.name,
             storage_path=plan.storage_path,
             storage_filesystem=tune_filesystem(plan.storage_path),  # local files written whole
-            callbacks=[callback],
-            verbose=1,
+            callbacks=callbacks,
+            verbose=1,  # Tune's result tables: to the sweep's log (rdt_core.sweep.console), shown with --verbose
             # A trial whose process dies is restarted from its latest checkpoint, up to max_failures times.
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # the latest: resumable, then the final model

@@ -1,17 +1,19 @@
 """The end of a sweep: its parent run made into the sweep's summary (a leaderboard table, the best child
 run tagged, the best trial's values, the Pareto front), the parent closed, every write sent, and the
-phase diagrams drawn from the runs in MLflow."""
+phase diagrams drawn from the runs in MLflow. With ``seeds > 1`` the best is a setting, by its mean over
+its replicates (``rank_settings``), and the leaderboard lists each replicate under its setting."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import statistics
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import optuna
 from ray.tune import ResultGrid
@@ -26,7 +28,8 @@ from rdt_core.sweep.spec import REPLICATE_KEY, SweepSpec
 from rdt_core.tracking import PARENT, Outbox, trial_key
 
 LEADERBOARD_FILE = "leaderboard.json"
-BEST_TAG = "sweep.best"  # on the best child run; the parent names it in sweep.best_run
+# On the best child run (on every replicate of the best setting); the parent names one in sweep.best_run.
+BEST_TAG = "sweep.best"
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,100 @@ class SweepOutcome:
     report_notes: list[str]
     unsent_writes: int  # MLflow writes kept in outbox_path because the store stopped answering
     outbox_path: str
+    # With seeds > 1 the best is a setting: best_metrics are its means over its replicates, best_spread the
+    # standard deviation of each objective over them, best_replicates how many reported the first objective.
+    best_spread: dict[str, float] = field(default_factory=dict)
+    best_replicates: int = 1
+
+
+@dataclass(frozen=True)
+class Setting:
+    """Trials that differ only in their replicate index, and their first objective over the replicates."""
+
+    config: dict[str, Any]  # the searched values, the replicate index left out
+    members: list[int]  # the positions of its trials in the list ranked, by replicate index
+    mean: float  # over the replicates that reported the objective; nan where none did
+    std: float  # their standard deviation (n - 1); nan with fewer than two
+    n: int  # the replicates that reported the objective
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def rank_key(value: Any, mode: str) -> tuple[bool, float]:
+    """Sorts values best first by ``mode`` ("max" or "min"), anything not a finite number last."""
+    if not is_number(value):
+        return True, 0.0
+    return False, value if mode == "min" else -value
+
+
+def rank_settings(configs: Sequence[Mapping[str, Any]], values: Sequence[Any], mode: str) -> list[Setting]:
+    """The settings among trials (``configs[i]`` reported ``values[i]``: a number, or None), best first by
+    their mean value; settings with no value last; ties in the order the settings first appear. Without
+    replicate indices each trial is a setting of its own."""
+    groups: dict[tuple, list[int]] = {}
+    for position, config in enumerate(configs):
+        key = tuple(sorted((name, repr(value)) for name, value in config.items() if name != REPLICATE_KEY))
+        groups.setdefault(key, []).append(position)
+    settings = []
+    for members in groups.values():
+        members = sorted(members, key=lambda i: (configs[i].get(REPLICATE_KEY, 0), i))
+        reported = [float(values[i]) for i in members if is_number(values[i])]
+        settings.append(Setting(
+            config={name: value for name, value in configs[members[0]].items() if name != REPLICATE_KEY},
+            members=members,
+            mean=statistics.fmean(reported) if reported else math.nan,
+            std=statistics.stdev(reported) if len(reported) > 1 else math.nan,
+            n=len(reported),
+        ))
+    return sorted(settings, key=lambda setting: rank_key(setting.mean, mode))  # stable: ties keep their order
+
+
+@dataclass(frozen=True)
+class Best:
+    """The sweep's best: a trial, or with seeds > 1 a setting (the mean of each metric over its replicates)."""
+
+    config: dict[str, Any]
+    metrics: dict[str, float]
+    spread: dict[str, float]  # seeds > 1: each objective's standard deviation over the replicates
+    replicates: int
+    trial_ids: list[str]  # the trial, or the setting's replicates, best first
+
+
+def best_of(spec: SweepSpec, results: ResultGrid) -> Best:
+    """The best trial by the first objective or, with ``seeds > 1``, the best setting by its mean (where no
+    trial reported the objective, Tune's own answer, which says so)."""
+    metrics, modes = spec.objectives()
+    if spec.seeds > 1:
+        trials = list(results)
+        setting = best_setting([dict(t.config) for t in trials], [t.metrics or {} for t in trials], metrics, modes[0])
+        if setting is not None:
+            return setting
+    best = results.get_best_result(metric=metrics[0], mode=modes[0])
+    trial_id = (best.metrics or {}).get("trial_id")
+    return Best(dict(best.config), ours(best.metrics or {}), {}, 1, [trial_id] if trial_id else [])
+
+
+def best_setting(configs: Sequence[Mapping[str, Any]], reported: Sequence[Mapping[str, Any]],
+                 metrics: Sequence[str], mode: str) -> Best | None:
+    """The setting with the best mean of ``metrics[0]`` over its replicates (``reported[i]``: trial i's
+    last report), its mean of every metric the replicates report, and each objective's spread; None when
+    no trial reported ``metrics[0]``."""
+    top = rank_settings(configs, [values.get(metrics[0]) for values in reported], mode)[0]
+    if top.n == 0:
+        return None
+    replicates = [ours(reported[i]) for i in top.members]
+
+    def numbers(name: str) -> list[float]:
+        return [values[name] for values in replicates if is_number(values.get(name))]
+
+    names = dict.fromkeys(name for values in replicates for name in values)
+    means = {name: statistics.fmean(found) for name in names if (found := numbers(name))}
+    spread = {name: statistics.stdev(found) if len(found := numbers(name)) > 1 else math.nan for name in metrics}
+    ranked = sorted(top.members, key=lambda i: rank_key(reported[i].get(metrics[0]), mode))
+    trial_ids = [reported[i]["trial_id"] for i in ranked if reported[i].get("trial_id")]
+    return Best(top.config, means, spread, top.n, trial_ids)
 
 
 def summarize(plan: SweepPlan, tracking: SweepTracking, results: ResultGrid) -> SweepOutcome:
@@ -51,15 +148,18 @@ def summarize(plan: SweepPlan, tracking: SweepTracking, results: ResultGrid) -> 
     outbox.reload()  # what Tune's copy of the callback's outbox left unsent, from its file
     study = optuna.load_study(study_name=tracking.study_name, storage=plan.optuna_storage)
     fail_running_trials(study)
-    best = results.get_best_result(metric=metrics[0], mode=modes[0])
-    best_metrics = ours(best.metrics or {})
+    best = best_of(spec, results)
     outbox.log_table(PARENT, leaderboard(spec, study, results, outbox), LEADERBOARD_FILE)
     outbox.log_params(PARENT, {f"best.{key}": value for key, value in best.config.items()})
-    outbox.log_metrics(PARENT, {f"best/{m}": best_metrics.get(m, math.nan) for m in metrics}, step=0)
-    if (best_trial := (best.metrics or {}).get("trial_id")) is not None:
+    outbox.log_metrics(PARENT, {f"best/{m}": best.metrics.get(m, math.nan) for m in metrics}, step=0)
+    if spec.seeds > 1:  # the best setting: its mean over best.replicates replicates, and their spread
+        outbox.log_params(PARENT, {"best.replicates": best.replicates})
+        outbox.log_metrics(PARENT, {f"best_std/{m}": value for m, value in best.spread.items() if math.isfinite(value)},
+                           step=0)
+    for best_trial in best.trial_ids:  # the best trial, or every replicate of the best setting
         outbox.set_tag(trial_key(best_trial), BEST_TAG, "true")
-        if (best_run := outbox.run_id(trial_key(best_trial))) is not None:
-            outbox.set_tag(PARENT, "sweep.best_run", best_run)
+    if best.trial_ids and (best_run := outbox.run_id(trial_key(best.trial_ids[0]))) is not None:
+        outbox.set_tag(PARENT, "sweep.best_run", best_run)  # with seeds > 1: the best setting's best replicate
     front = pareto_front(study) if len(metrics) > 1 else []
     if front:
         outbox.log_text(PARENT, json.dumps({"metrics": metrics, "modes": modes, "front": front}, indent=2),
@@ -70,8 +170,8 @@ def summarize(plan: SweepPlan, tracking: SweepTracking, results: ResultGrid) -> 
         parent_run_id=tracking.parent_run_id,
         experiment_id=tracking.tracker.experiment_id,
         tracking_uri=plan.tracking_uri,
-        best_config=dict(best.config),
-        best_metrics=best_metrics,
+        best_config=best.config,
+        best_metrics=best.metrics,
         n_trials=len(results),
         n_failed=results.num_errors,
         study_name=tracking.study_name,
@@ -79,6 +179,8 @@ def summarize(plan: SweepPlan, tracking: SweepTracking, results: ResultGrid) -> 
         report_notes=draw_phase_diagrams(plan, tracking.parent_run_id) if all_sent else [],
         unsent_writes=len(outbox.pending),
         outbox_path=str(outbox.path),
+        best_spread=best.spread,
+        best_replicates=best.replicates,
     )
 
 
@@ -92,17 +194,19 @@ def parent_run_link(outcome: SweepOutcome, server: str) -> str:
 def leaderboard(spec: SweepSpec, study: optuna.Study, results: ResultGrid, outbox: Outbox) -> list[dict[str, Any]]:
     """One row per trial, best first by the first objective: its child run's name, its objectives (final,
     or last reported for a trial stopped early), the values the search gave it, its state in the study,
-    its Optuna trial number and its child run's id. Searched keys are written ``train/lr``: the MLflow
-    UI reads a dot in a table's column name as a path into nested data, and shows the column blank."""
+    its Optuna trial number and its child run's id. With ``seeds > 1`` the settings are ranked by their mean
+    over their replicates (``ranked_rows``). Searched keys are written ``train/lr``: the MLflow UI reads a
+    dot in a table's column name as a path into nested data, and shows the column blank."""
     metrics, modes = spec.objectives()
     searched = [*spec.search_space, *([REPLICATE_KEY] if spec.seeds > 1 else [])]
     by_tune_trial = {t.user_attrs.get(TUNE_TRIAL_ATTR): t for t in study.get_trials(deepcopy=False)}
-    rows = []
+    rows, configs = [], []
     for result in results:
         reported = result.metrics or {}
         trial_id = reported.get("trial_id")
         optuna_trial = by_tune_trial.get(trial_id)
         number = optuna_trial.number if optuna_trial else None
+        configs.append(dict(result.config))
         rows.append({
             "run": child_run_name(spec.name, number) if number is not None else None,
             **{metric: reported.get(metric) for metric in metrics},
@@ -112,14 +216,33 @@ def leaderboard(spec: SweepSpec, study: optuna.Study, results: ResultGrid, outbo
             "run_id": (optuna_trial.user_attrs.get(RUN_ID_ATTR) if optuna_trial else None)
             or (outbox.run_id(trial_key(trial_id)) if trial_id else None),
         })
-    sign = 1 if modes[0] == "min" else -1
+    return ranked_rows(rows, configs, metrics[0], modes[0], replicated=spec.seeds > 1)
 
-    def order(row: dict[str, Any]) -> tuple:
-        value = row[metrics[0]]
-        finite = isinstance(value, (int, float)) and math.isfinite(value)
-        return (not finite, sign * value if finite else 0.0, row["trial"] if row["trial"] is not None else math.inf)
 
-    return sorted(rows, key=order)
+def ranked_rows(rows: list[dict[str, Any]], configs: Sequence[Mapping[str, Any]], metric: str, mode: str,
+                replicated: bool) -> list[dict[str, Any]]:
+    """The leaderboard's rows (``rows[i]`` for the trial of ``configs[i]``, each with ``metric`` and its Optuna
+    ``trial`` number) best first. Single trials by their value (ties by trial number). Replicated settings
+    (configs with a replicate index) by their mean over their replicates, each replicate listed under its
+    setting in replicate order, with the setting's rank, mean, spread and number of replicates beside it."""
+    if not replicated:
+        def order(row: dict[str, Any]) -> tuple:
+            return (*rank_key(row[metric], mode), row["trial"] if row["trial"] is not None else math.inf)
+
+        return sorted(rows, key=order)
+    ranked = []
+    for rank, setting in enumerate(rank_settings(configs, [row[metric] for row in rows], mode), start=1):
+        for i in setting.members:
+            row = dict(rows[i])
+            ranked.append({
+                "run": row.pop("run"),
+                "setting": rank,
+                f"{metric} mean": setting.mean if math.isfinite(setting.mean) else None,
+                f"{metric} std": setting.std if math.isfinite(setting.std) else None,
+                "replicates": setting.n,
+                **row,
+            })
+    return ranked
 
 
 # At the end of a sweep, how long a store that has gone is waited for before its writes are left kept.
