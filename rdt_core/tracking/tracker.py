@@ -30,6 +30,11 @@ from rdt_core.tracking.errors import TrackingCredentialsError, TrackingUnavailab
 from rdt_core.tracking.store import open_store
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+# The experiment tag by which MLflow 3 tells a model-training experiment from a GenAI one (the value its own
+# "traditional ML" choice writes; its assistant reads it). MLflow 3.17.2's UI does not open by it: with
+# its GenAI / Model training toggle it opens every experiment by a choice the browser keeps
+# (mlflow.workflowType, GenAI at first), so the links this platform prints name the view.
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
 
 
@@ -183,18 +188,21 @@ class SweepTracker:
         return self._client
 
     def experiment_named(self, name: str) -> str:
-        """The id of the experiment ``name``, made if need be; another process making it at the same
-        moment is no error."""
+        """The id of the experiment ``name``, made if need be (another process making it at the same
+        moment is no error), and marked as model training (``EXPERIMENT_KIND``)."""
         experiment = self.client.get_experiment_by_name(name)
-        if experiment is not None:
-            return experiment.experiment_id
-        try:
-            return self.client.create_experiment(name)
-        except MlflowException as error:
+        if experiment is None:
+            try:
+                self.client.create_experiment(name, tags={EXPERIMENT_KIND: MODEL_TRAINING})
+            except MlflowException as error:
+                if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
             experiment = self.client.get_experiment_by_name(name)
-            if error.error_code != "RESOURCE_ALREADY_EXISTS" or experiment is None:
-                raise
-            return experiment.experiment_id
+            if experiment is None:
+                raise MlflowException(f"experiment {name} was made and is gone")
+        if experiment.tags.get(EXPERIMENT_KIND) is None:  # one made before this mark, or by MLflow itself
+            self.client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
+        return experiment.experiment_id
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_client": None}

@@ -70,6 +70,10 @@ def test_ray_job_submit_runs_the_smoke_sweep_into_mlflow(repo_copy):
         )
         assert submitted.returncode == 0, submitted.stdout[-4000:] + submitted.stderr[-2000:]
         assert "succeeded" in submitted.stdout
+        # What a user reads: the job's log (the sweep's compact console, <= 60 lines: test_console.py) and
+        # the ray job submit client's own lines around it (~17).
+        shown = (submitted.stdout + submitted.stderr).splitlines()
+        assert len(shown) <= 80 and "sweep smoke: 4 trials, 0 failed" in shown, "\n".join(shown[-100:])
     finally:
         stop_ray_started_in(temp_dir)
 

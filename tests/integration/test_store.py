@@ -255,3 +255,15 @@ def test_c_a_store_behind_the_schema_with_runs_is_refused_in_one_line(tmp_path):
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 2, done.stderr
     assert len(lines) == 1 and lines[0].startswith("error: MLflow store") and "mlflow db upgrade" in lines[0], lines
+
+
+def test_an_experiment_is_marked_as_model_training_when_made_and_when_found_unmarked(tmp_path):
+    from rdt_core.tracking.tracker import EXPERIMENT_KIND, MODEL_TRAINING, SweepTracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = SweepTracker(uri, "made")
+    made = tracker.experiment_id
+    unmarked = tracker.client.create_experiment("unmarked")
+    assert tracker.experiment_named("unmarked") == unmarked
+    for experiment_id in (made, unmarked):
+        assert tracker.client.get_experiment(experiment_id).tags[EXPERIMENT_KIND] == MODEL_TRAINING
