@@ -14,10 +14,38 @@ from rdt_core.sweep.spec import trial_params
 from rdt_core.sweep.storage import is_local
 from rdt_core.tracking import Outbox, log_evaluation, log_final, trial_key
 
-# Where each side names the other: a tag of the child run, a user attribute of the Optuna trial.
+# Where each side names the other: a tag of the child run, user attributes of the Optuna trial (its run's
+# id, and the link to its run's page in the MLflow UI, also the trial's note in optuna-dashboard).
 TRIAL_NUMBER_TAG = "optuna.trial_number"
 RUN_ID_ATTR = "mlflow.run_id"
+RUN_URL_ATTR = "mlflow.run_url"
+# The MLflow UI of a SQLite store, as the sweep tells a user to start it (``mlflow ui ... --port 5000``).
+LOCAL_MLFLOW_UI = "http://127.0.0.1:5000"
 
+
+def run_page(experiment_id: str, run_id: str, server: str = "", artifact: str | None = None) -> str:
+    """A run's page in the MLflow UI (or one of its artifacts), in its model-training view (MLflow 3 opens an
+    experiment in its GenAI view otherwise): ``#/experiments/<id>/runs/<run_id>?workflowType=...``, relative to
+    the UI that shows it (a run's description), or at ``server`` (``http://127.0.0.1:5000``)."""
+    page = f"#/experiments/{experiment_id}/runs/{run_id}" + (f"/artifacts/{artifact}" if artifact else "")
+    link = f"{page}?workflowType=machine_learning"
+    return f"{server.rstrip('/')}/{link}" if server else link
+
+
+def mlflow_ui(tracking_uri: str) -> str:
+    """Where the MLflow UI of a store is: a tracking server is its own UI; a SQLite store's is started by hand."""
+    return tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else LOCAL_MLFLOW_UI
+
+
+def save_trial_note(storage: optuna.storages.BaseStorage, study_id: int, trial_id: int, body: str) -> None:
+    """A trial's note in optuna-dashboard (markdown, so its links are links), where optuna-dashboard is
+    installed (the ``dev`` extra); its notes are the study's system attributes, written as its ``save_note``."""
+    try:
+        from optuna_dashboard._note import note_ver_key, save_note_with_version
+    except ImportError:
+        return
+    version = int(storage.get_study_system_attrs(study_id).get(note_ver_key(trial_id), 0)) + 1
+    save_note_with_version(storage, study_id, trial_id, version, body)
 
 
 def child_run_name(sweep_name: str, trial_number: int) -> str:
@@ -36,10 +64,10 @@ class MlflowTrialCallback(tune.Callback):
     """Mirrors every Tune trial into a child run of the sweep's parent run, through the sweep's outbox.
 
     A child run is named ``<sweep>-<n>`` after its Optuna trial's number n (the number optuna-dashboard
-    shows), carries that number as a tag, and its run id goes on the Optuna trial. Its metrics are the
-    headline ones (``rdt_core.tracking.reports``) and the sweep's objectives; the rest of its last report
-    goes to its tables. A trial restarted after its process died keeps its run, tagged with the number
-    of restarts.
+    shows), carries that number as a tag, and its run id and the link to its page go on the Optuna trial.
+    Its metrics are the headline ones (``rdt_core.tracking.reports``) and the sweep's objectives; the rest
+    of its last report goes to its tables. A trial restarted after its process died keeps its run, tagged
+    with the number of restarts.
     """
 
     def __init__(self, outbox: Outbox, base: Mapping[str, Any], objectives: Iterable[str], study_name: str,
@@ -78,7 +106,17 @@ class MlflowTrialCallback(tune.Callback):
         self.names[trial.trial_id] = name
         self.outbox.start_trial_run(trial.trial_id, params, {TRIAL_NUMBER_TAG: str(optuna_trial.number)}, name)
         if (run_id := self.outbox.run_id(key)) is not None and not optuna_trial.state.is_finished():
-            self.storage.set_trial_user_attr(optuna_trial._trial_id, RUN_ID_ATTR, run_id)
+            self.link_trial(optuna_trial, run_id, name)
+
+    def link_trial(self, optuna_trial: optuna.trial.FrozenTrial, run_id: str, name: str) -> None:
+        """The Optuna trial names its child run: its id, and the full link to its page (a user attribute,
+        and the trial's note in optuna-dashboard, where it is a link to click)."""
+        tracker = self.outbox.tracker
+        url = run_page(tracker.experiment_id, run_id, mlflow_ui(tracker.tracking_uri))
+        self.storage.set_trial_user_attr(optuna_trial._trial_id, RUN_ID_ATTR, run_id)
+        self.storage.set_trial_user_attr(optuna_trial._trial_id, RUN_URL_ATTR, url)
+        study_id = self.storage.get_study_id_from_name(self.study_name)
+        save_trial_note(self.storage, study_id, optuna_trial._trial_id, f"MLflow run [{name}]({url})")
 
     def run_name(self, tune_trial_id: str) -> str | None:
         """A trial's child run name (``<sweep>-<n>``), for the console; one that an interrupted earlier run

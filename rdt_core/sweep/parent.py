@@ -1,9 +1,10 @@
 """The sweep's parent run, its Optuna study and its outbox, opened before any trial.
 
-The parent run is the sweep's summary page in MLflow: the spec's description as its note, the base
-config as ``base.*`` params except the keys the search sets, which are ``search.*`` params holding their
-distributions, and the study's name. The study is named ``<sweep>-<n>`` (the n-th sweep of that name in
-the Optuna storage), names its objectives as the dashboard shows them, and holds the parent run's id.
+The parent run is the sweep's summary page in MLflow: the spec's description as its note (to which the
+summary adds the best run, the leaderboard and the study, as links), the base config as ``base.*``
+params except the keys the search sets, which are ``search.*`` params holding their distributions, and
+the study's name. The study is named ``<sweep>-<n>`` (the n-th sweep of that name in the Optuna
+storage), names its objectives as the dashboard shows them, and holds the parent run's id.
 Whatever of these a killed sweep left unwritten is written when it resumes. The resume steps that must
 happen while the tracking opens (the start mark, the parent run found again, the clean-up after the
 outbox has sent the killed driver's writes) are ``resume.Resumption``'s, called here at their moment.
@@ -96,7 +97,7 @@ def open_parent_run(tracker: SweepTracker, plan: SweepPlan, base: dict[str, Any]
                 "sweep.objectives": ", ".join(f"{m} ({mode})" for m, mode in zip(metrics, modes)),
                 "sweep.tune_path": plan.experiment_path,
                 "optuna.storage": plan.optuna_storage,
-                MLFLOW_RUN_NOTE: spec.description or f"Sweep {spec.name} ({plan.spec_path})",
+                MLFLOW_RUN_NOTE: description(plan),
             },
         )
     parent = tracker.client.get_run(parent_run_id)
@@ -109,6 +110,11 @@ def open_parent_run(tracker: SweepTracker, plan: SweepPlan, base: dict[str, Any]
         if name not in logged:
             tracker.client.log_text(parent_run_id, yaml.safe_dump(content, sort_keys=False), name)
     return parent_run_id, study_name
+
+
+def description(plan: SweepPlan) -> str:
+    """The parent run's description until the sweep ends (``summary.parent_note`` adds its result and links)."""
+    return plan.spec.description or f"Sweep {plan.spec.name} ({plan.spec_path})"
 
 
 def parent_params(spec: SweepSpec, base: dict[str, Any]) -> dict[str, str]:

@@ -1,7 +1,9 @@
 """The end of a sweep: its parent run made into the sweep's summary (a leaderboard table, the best child
-run tagged, the best trial's values, the Pareto front), the parent closed, every write sent, and the
-phase diagrams drawn from the runs in MLflow. With ``seeds > 1`` the best is a setting, by its mean over
-its replicates (``rank_settings``), and the leaderboard lists each replicate under its setting."""
+run tagged, the best trial's values, its headline metrics under the children's own names so that the
+parent's row in the runs table reads beside theirs, a description linking the best run, the leaderboard
+and the study, the Pareto front), the parent closed, every write sent, and the phase diagrams drawn from
+the runs in MLflow. With ``seeds > 1`` the best is a setting, by its mean over its replicates
+(``rank_settings``), and the leaderboard lists each replicate under its setting."""
 
 from __future__ import annotations
 
@@ -16,20 +18,23 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import optuna
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 from ray.tune import ResultGrid
 
 from rdt_core.metrics import ours
 from rdt_core.report import draw_report
-from rdt_core.sweep.callbacks import RUN_ID_ATTR, child_run_name
-from rdt_core.sweep.parent import SweepTracking
+from rdt_core.sweep.callbacks import RUN_ID_ATTR, child_run_name, run_page
+from rdt_core.sweep.parent import SweepTracking, description
 from rdt_core.sweep.plan import SweepPlan
 from rdt_core.sweep.search import TUNE_TRIAL_ATTR, fail_running_trials, pareto_front
 from rdt_core.sweep.spec import REPLICATE_KEY, SweepSpec
-from rdt_core.tracking import PARENT, Outbox, trial_key
+from rdt_core.tracking import PARENT, Outbox, headline, trial_key
 
 LEADERBOARD_FILE = "leaderboard.json"
 # On the best child run (on every replicate of the best setting); the parent names one in sweep.best_run.
 BEST_TAG = "sweep.best"
+# optuna-dashboard as the README starts it (``optuna-dashboard <storage> --port 8080``), and a study's page there.
+OPTUNA_DASHBOARD = "http://127.0.0.1:8080"
 
 
 @dataclass(frozen=True)
@@ -149,17 +154,9 @@ def summarize(plan: SweepPlan, tracking: SweepTracking, results: ResultGrid) -> 
     study = optuna.load_study(study_name=tracking.study_name, storage=plan.optuna_storage)
     fail_running_trials(study)
     best = best_of(spec, results)
-    outbox.log_table(PARENT, leaderboard(spec, study, results, outbox), LEADERBOARD_FILE)
-    outbox.log_params(PARENT, {f"best.{key}": value for key, value in best.config.items()})
-    outbox.log_metrics(PARENT, {f"best/{m}": best.metrics.get(m, math.nan) for m in metrics}, step=0)
-    if spec.seeds > 1:  # the best setting: its mean over best.replicates replicates, and their spread
-        outbox.log_params(PARENT, {"best.replicates": best.replicates})
-        outbox.log_metrics(PARENT, {f"best_std/{m}": value for m, value in best.spread.items() if math.isfinite(value)},
-                           step=0)
-    for best_trial in best.trial_ids:  # the best trial, or every replicate of the best setting
-        outbox.set_tag(trial_key(best_trial), BEST_TAG, "true")
-    if best.trial_ids and (best_run := outbox.run_id(trial_key(best.trial_ids[0]))) is not None:
-        outbox.set_tag(PARENT, "sweep.best_run", best_run)  # with seeds > 1: the best setting's best replicate
+    board = leaderboard(spec, study, results, outbox)
+    outbox.log_table(PARENT, board, LEADERBOARD_FILE)
+    log_best(plan, outbox, best, board, study._study_id, tracking.study_name)
     front = pareto_front(study) if len(metrics) > 1 else []
     if front:
         outbox.log_text(PARENT, json.dumps({"metrics": metrics, "modes": modes, "front": front}, indent=2),
@@ -184,11 +181,83 @@ def summarize(plan: SweepPlan, tracking: SweepTracking, results: ResultGrid) -> 
     )
 
 
+def log_best(plan: SweepPlan, outbox: Outbox, best: Best, board: Sequence[Mapping[str, Any]], study_id: int,
+             study_name: str) -> None:
+    """The best trial (or setting) on the parent run: its config as ``best.*`` params, its objectives as
+    ``best/<metric>`` (and their spread over replicates), its headline metrics under the children's own
+    names (``parent_metrics``), the tag ``sweep.best`` on its child run(s), and the parent's description
+    with the links (``parent_note``). ``board`` is the leaderboard as logged."""
+    spec = plan.spec
+    metrics, _ = spec.objectives()
+    outbox.log_params(PARENT, {f"best.{key}": value for key, value in best.config.items()})
+    outbox.log_metrics(PARENT, {f"best/{m}": best.metrics.get(m, math.nan) for m in metrics}, step=0)
+    outbox.log_metrics(PARENT, parent_metrics(best, metrics), step=0)
+    if spec.seeds > 1:  # the best setting: its mean over best.replicates replicates, and their spread
+        outbox.log_params(PARENT, {"best.replicates": best.replicates})
+        outbox.log_metrics(PARENT, {f"best_std/{m}": value for m, value in best.spread.items() if math.isfinite(value)},
+                           step=0)
+    for best_trial in best.trial_ids:  # the best trial, or every replicate of the best setting
+        outbox.set_tag(trial_key(best_trial), BEST_TAG, "true")
+    best_run = outbox.run_id(trial_key(best.trial_ids[0])) if best.trial_ids else None
+    if best_run is not None:
+        outbox.set_tag(PARENT, "sweep.best_run", best_run)  # with seeds > 1: the best setting's best replicate
+    best_name = next((row.get("run") for row in board if best_run and row.get("run_id") == best_run), None)
+    tracker = outbox.tracker
+    outbox.set_tag(PARENT, MLFLOW_RUN_NOTE, parent_note(
+        description(plan), spec, best, tracker.experiment_id, tracker.parent_run_id, best_run, best_name,
+        study_name, study_id, plan.optuna_storage,
+    ))
+
+
+def parent_metrics(best: Best, objectives: Sequence[str]) -> dict[str, float]:
+    """The best trial's headline metrics (and objectives) under the names its child run logs them, so that
+    the parent's row in the MLflow runs table shows them beside the children's; with ``seeds > 1`` the best
+    setting's mean of each over its replicates."""
+    return {name: value for name, value in headline(best.metrics, also=objectives).items() if is_number(value)}
+
+
+def parent_note(head: str, spec: SweepSpec, best: Best, experiment_id: str, parent_run_id: str,
+                best_run: str | None, best_name: str | None, study_name: str, study_id: int,
+                optuna_storage: str) -> str:
+    """The parent run's description (markdown, shown on its page): ``head`` (the spec's description), then
+    the best run, the leaderboard and the Optuna study as links. MLflow links are relative to the UI that
+    shows them (``#/experiments/...``), so they hold for a SQLite store's UI and a tracking server alike."""
+    metrics, _ = spec.objectives()
+    value = best.metrics.get(metrics[0])
+    shown = f"{value:.3g}" if is_number(value) else "not reported"
+    if spec.seeds > 1:
+        spread = best.spread.get(metrics[0], math.nan)
+        shown += (f" ± {spread:.2g}" if math.isfinite(spread) else "") + f" (mean over {best.replicates} replicates)"
+    if best_run is not None:
+        label = f"best setting's best replicate, {best_name or best_run}" if spec.seeds > 1 else best_name or best_run
+        best_line = f"**Best run**: [{label}]({run_page(experiment_id, best_run)}): `{metrics[0]}` {shown}"
+    else:
+        best_line = f"**Best**: `{metrics[0]}` {shown}"
+    config = ", ".join(f"`{key}` = {number_text(value)}" for key, value in sorted(best.config.items()))
+    dashboard = f"{OPTUNA_DASHBOARD}/dashboard/studies/{study_id}"
+    lines = [
+        head.rstrip(),
+        "",
+        f"{best_line}, with {config}" if config else best_line,
+        "",
+        f"**Leaderboard**: [{LEADERBOARD_FILE}]({run_page(experiment_id, parent_run_id, artifact=LEADERBOARD_FILE)})"
+        f" (every trial, best first{'; replicates under their setting' if spec.seeds > 1 else ''})",
+        "",
+        f"**Optuna study**: `{study_name}` in `{optuna_storage}`: with `optuna-dashboard {optuna_storage} --port 8080`"
+        f" running, [{dashboard}]({dashboard})",
+    ]
+    return "\n".join(lines)
+
+
+def number_text(value: Any) -> str:
+    """A searched value, short: floats at 3 significant digits."""
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
 def parent_run_link(outcome: SweepOutcome, server: str) -> str:
     """The parent run's page in the MLflow UI at ``server``, in its model-training view (MLflow 3 opens an
     experiment in its GenAI view otherwise)."""
-    page = f"#/experiments/{outcome.experiment_id}/runs/{outcome.parent_run_id}"
-    return f"{server.rstrip('/')}/{page}?workflowType=machine_learning"
+    return run_page(outcome.experiment_id, outcome.parent_run_id, server)
 
 
 def leaderboard(spec: SweepSpec, study: optuna.Study, results: ResultGrid, outbox: Outbox) -> list[dict[str, Any]]:

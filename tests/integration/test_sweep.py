@@ -61,7 +61,10 @@ def test_smoke_sweep_logs_one_parent_and_one_child_per_trial(tmp_path, shared_ra
     assert any(path.startswith("diagrams") for path in artifacts)  # smoke names no diagram: all supported are drawn
 
     # The parent run is the sweep's summary: its description, the searched keys marked, a leaderboard.
-    assert parent.data.tags["mlflow.note.content"] == spec["description"]
+    note = parent.data.tags["mlflow.note.content"]  # the spec's text, then links to the best run and more
+    assert note.startswith(spec["description"]) and f"[{spec['name']}-00" in note and "leaderboard.json](" in note
+    best_child = next(run for run in children if run.data.tags.get("sweep.best") == "true")
+    assert parent.data.metrics[spec["metric"]] == best_child.data.metrics[spec["metric"]]  # the best's, by name
     assert parent.data.params["search.train.lr"].startswith("loguniform")
     assert "base.train.lr" not in parent.data.params and "base.train.steps" in parent.data.params
     board = json.loads(Path(client.download_artifacts(parent_id, "leaderboard.json", str(tmp_path))).read_text())
