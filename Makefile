@@ -31,7 +31,7 @@ test: venv  ## the whole suite: unit, integration (real Ray + MLflow), end to en
 test-fast: venv  ## unit tests only (about a minute)
 	$(BIN)/python -m pytest -m "not slow" -n 2
 
-soak: venv  ## kill a small sweep at 25 random moments, resume it, check every invariant; prints how many held
+soak: venv  ## kill a small sweep at 25 random moments, resume it, check every invariant; prints how many held, per target
 	$(BIN)/python -m tests.kill_anywhere --points 25
 
 bench: venv  ## every benchmark as a ratio against a baseline of the same run (~6 minutes): benchmarks/results.json
