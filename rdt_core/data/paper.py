@@ -291,22 +291,25 @@ def splits_of(data: PaperData, config: DataConfig) -> Splits:
         raise ConfigError("data.paper_dir", f"{directory}: a (head, relation) has two different tails among the atomic facts")
     our_vocab = Vocabulary(vocab.n_entities, vocab.n_relations)
     train = rebuilt(train, graph, our_vocab, config, directory / "train.json", vocab)
+    in_layout = {  # each tested type, and the held-out atomic facts, once: translated, checked against the graph
+        name: rebuilt(translated(queries, entity_of, relation_of, directory / "test.json"), graph, our_vocab,
+                      config, directory / "test.json", vocab)
+        for name, queries in data.tests.items() if name in tested or name == "ood_atomic"
+    }
     fact_is_ood = torch.zeros_like(graph.present)
     for name in ("ood_atomic", "test_inferred_ood"):  # held-out facts: listed, or composed by ood queries
-        if name in data.tests:
-            held_out = translated(data.tests[name], entity_of, relation_of, directory / "test.json")
-            path = graph.follow(held_out.heads, held_out.relations.clamp(min=0))  # (Q, K + 1)
+        if name in in_layout:
+            held_out = in_layout[name]
+            entities = torch.cat([held_out.heads[:, None], held_out.bridges], dim=1)  # (Q, K): each hop's head
             for hop in range(held_out.relations.shape[1]):
                 used = held_out.relations[:, hop] >= 0
-                fact_is_ood[held_out.relations[used, hop], path[used, hop]] = True
+                fact_is_ood[held_out.relations[used, hop], entities[used, hop]] = True
 
     generator = torch.Generator().manual_seed(config.seed)
     tests: dict[str, list[QuerySet]] = {}
     validation: dict[str, list[QuerySet]] = {}
-    for name, queries in tested.items():
-        split = data.split_of(name)
-        queries = rebuilt(translated(queries, entity_of, relation_of, directory / "test.json"), graph, our_vocab,
-                          config, directory / "test.json", vocab)
+    for name in tested:
+        split, queries = data.split_of(name), in_layout[name]
         for hops in queries.hop_counts():
             of_hops = queries.with_hops(hops)
             order = torch.randperm(len(of_hops), generator=generator)
