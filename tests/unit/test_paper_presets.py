@@ -23,28 +23,33 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 PRESETS = {name: REPO_ROOT / "docs" / "configs" / f"paper_{name}.yaml" for name in ("systematicity", "depth")}
 SWEEPS = {name: REPO_ROOT / "sweeps" / f"paper_{name}.yaml" for name in ("systematicity", "depth")}
 
+# The rows the two runs of the paper's code share.
+BOTH = {
+    "block: GPT-2 block": {"model.block": "gpt2"},
+    "block: n_layer blocks looped R times, nothing before or after": {
+        "model.architecture": "looped", "model.n_prelude_layers": 0, "model.n_coda_layers": 0,
+    },
+    "block: argmax over the whole vocabulary": {"model.readout": "vocabulary"},
+    "size: d_model 768, 12 heads, 4 layers": {"model.d_model": 768, "model.n_heads": 12, "model.n_core_layers": 4},
+    "recipe: 2,000 warm-up steps, then in effect constant": {"train.warmup_steps": 2000, "train.lr_schedule": "constant"},
+    "recipe: batch 128": {"train.batch_size": 128},
+}
+
 # row of the paper's setting -> {dotted key: the paper's value}. Where the paper's value cannot be
 # expressed exactly, the nearest, as the preset's header says (marked "nearest" or "in effect").
 PAPER = {
     "systematicity": {
-        "block: GPT-2 block": {"model.block": "gpt2"},
-        "block: n_layer blocks looped R times, nothing before or after": {
-            "model.architecture": "looped", "model.n_prelude_layers": 0, "model.n_coda_layers": 0,
-        },
+        **BOTH,
         "block: learned positions, GPT2Config n_positions 5": {"model.positions": "learned", "model.n_positions": 5},
         "block: no input injection": {"model.injection": "none"},
         "block: GPT-2 initialisation, output projections not zeroed": {"model.zero_init_output": False},
-        "block: argmax over the whole vocabulary": {"model.readout": "vocabulary"},
         # in effect: the paper's loop leaves the model in eval mode after its first epoch's evaluation
         "block: dropout 0.1 in its first epoch only": {"model.dropout": 0.0},
-        "size: d_model 768, 12 heads, 4 layers": {"model.d_model": 768, "model.n_heads": 12, "model.n_core_layers": 4},
         "size: R = 4 (its default)": {"train.train_loops": 4, "train.loops_sampling": "fixed"},
         "recipe: AdamW lr 1e-4, weight decay 0.1, torch's betas": {
             "train.lr": 1e-4, "train.weight_decay": 0.1, "train.adam_beta2": 0.999,
         },
-        "recipe: 2,000 warm-up steps, then in effect constant": {"train.warmup_steps": 2000, "train.lr_schedule": "constant"},
         "recipe: label smoothing 0.1": {"train.label_smoothing": 0.1},
-        "recipe: batch 128": {"train.batch_size": 128},
         "recipe: no gradient clipping": {"train.grad_clip": 0.0},
         "data: Grokked-Transformer composition set": {"data.construction": "composition"},
         "data: 2,000 entities, 200 relations, 20 per entity": {
@@ -62,17 +67,12 @@ PAPER = {
         },
     },
     "depth": {
-        "block: GPT-2 block": {"model.block": "gpt2"},
-        "block: n_layer blocks looped R times, nothing before or after": {
-            "model.architecture": "looped", "model.n_prelude_layers": 0, "model.n_coda_layers": 0,
-        },
+        **BOTH,
         "block: positions none (its default), max_len 50": {"model.positions": "none", "model.n_positions": 50},
         "block: no input injection (its default)": {"model.injection": "none"},
         "block: --c_scale 0.0, output projections zeroed": {"model.zero_init_output": True},
-        "block: argmax over the whole vocabulary": {"model.readout": "vocabulary"},
         # in effect: --dropout 0.0 on embeddings, and the blocks' 0.1 only in each stage's first epoch
         "block: dropout": {"model.dropout": 0.0},
-        "size: d_model 768, 12 heads, 4 layers": {"model.d_model": 768, "model.n_heads": 12, "model.n_core_layers": 4},
         "recurrence: Poisson R of mean 4 clipped to 2..8": {
             "train.loops_sampling": "poisson", "train.train_loops": 4,
             "train.sampled_loops_min": 2, "train.sampled_loops_max": 8,
@@ -81,9 +81,7 @@ PAPER = {
         "recipe: AdamW lr 1e-4, weight decay 0.01, torch's betas": {
             "train.lr": 1e-4, "train.weight_decay": 0.01, "train.adam_beta2": 0.999,
         },
-        "recipe: 2,000 warm-up steps, then in effect constant": {"train.warmup_steps": 2000, "train.lr_schedule": "constant"},
         "recipe: no label smoothing": {"train.label_smoothing": 0.0},
-        "recipe: batch 128": {"train.batch_size": 128},
         "recipe: --max_grad_norm 0.0, no clipping": {"train.grad_clip": 0.0},
         "data: 200 entities, 10 relations, all 10 per entity, permutations": {
             "data.construction": "permutation", "data.n_entities": 200, "data.n_relations": 10, "data.out_degree": None,
