@@ -59,9 +59,10 @@ class Outbox:
         self.pending: list[dict[str, Any]] = []
         self.reload()
         self.run_ids: dict[str, str] = {}  # run key -> MLflow run id, once known
-        # For a run that was made before (a restarted or resumed trial): each metric's last logged step.
-        # A restarted trial reports again what came after its checkpoint; what is logged already is not
-        # logged twice.
+        # For each trial's run: each metric's last logged step, read from the store for a run made before
+        # (a resumed trial) and kept up as metrics are sent. A restarted trial, or a data-parallel trial
+        # whose worker group Ray Train restarted from its checkpoint, reports again what came after that
+        # checkpoint; what is logged already is not logged twice.
         self.logged_steps: dict[str, dict[str, int]] = {}
         self.store_down = False
 
@@ -196,6 +197,7 @@ class Outbox:
                 self.run_ids[write["run"]] = tracker.start_child(
                     name, params=write["params"], tags={**write["tags"], "ray.trial_id": write["trial"]}
                 )
+                self.logged_steps[write["run"]] = {}
             return
         run_id = self._run_id(write["run"])
         if op == "reopen":
@@ -204,7 +206,10 @@ class Outbox:
         elif op == "params":
             tracker.log_params(run_id, write["params"])
         elif op == "metrics":
-            tracker.log_metrics(run_id, self._not_logged_yet(write), write["step"], timestamp=write["timestamp"])
+            metrics = self._not_logged_yet(write)
+            tracker.log_metrics(run_id, metrics, write["step"], timestamp=write["timestamp"])
+            if (logged := self.logged_steps.get(write["run"])) is not None:
+                logged.update(dict.fromkeys(metrics, write["step"]))
         elif op == "tag":
             tracker.client.set_tag(run_id, write["key"], write["value"])
         elif op == "curve":
@@ -226,7 +231,8 @@ class Outbox:
             raise ValueError(f"{self.path}: unknown write {op!r}")
 
     def _not_logged_yet(self, write: dict[str, Any]) -> dict[str, float]:
-        """The metrics of a write that its run does not hold yet at the write's step or later."""
+        """The metrics of a write that its run does not hold yet at the write's step or later (all of
+        them for the parent, whose summary metrics are rewritten at step 0 as the best changes)."""
         logged = self.logged_steps.get(write["run"])
         if logged is None:
             return write["metrics"]

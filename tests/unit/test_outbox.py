@@ -117,6 +117,23 @@ def test_a_restarted_trial_reporting_again_logs_nothing_twice(tracker, tmp_path)
     assert history("loss/train") == [(10, 2.0), (20, 1.5), (30, 1.0)]
 
 
+def test_a_report_sent_again_without_a_reopen_is_not_logged_twice(tracker, tmp_path):
+    """Ray Train restarts a data-parallel trial's worker group from its checkpoint inside the same Tune
+    trial: the driver sees the final report again, with no restart in between (seen by killing a worker
+    right after the last report: ``python -m tests.kill_anywhere --target dp_worker``, seed 15). The
+    parent's summary, rewritten at step 0 as the best changes, is still logged every time."""
+    outbox = Outbox(tracker, "sweep", tmp_path / "outbox.jsonl")
+    outbox.start_trial_run("t1", params={}, tags={})
+    outbox.log_metrics(trial_key("t1"), {"acc/id": 0.5}, step=20)
+    outbox.log_metrics(trial_key("t1"), {"acc/id": 0.5, "lens/id": 0.1}, step=20)  # the report again, and more
+    outbox.log_metrics(PARENT, {"best/acc/id": 0.25}, step=0)
+    outbox.log_metrics(PARENT, {"best/acc/id": 0.5}, step=0)
+    run_id = children(tracker)["t1"].info.run_id
+    history = lambda run, key: [(m.step, m.value) for m in tracker.client.get_metric_history(run, key)]  # noqa: E731
+    assert history(run_id, "acc/id") == [(20, 0.5)] and history(run_id, "lens/id") == [(20, 0.1)]
+    assert history(tracker.parent_run_id, "best/acc/id") == [(0, 0.25), (0, 0.5)]
+
+
 def test_tables_and_curves_kept_while_down_are_sent_once_and_a_table_sent_again_replaces_itself(tracker, tmp_path):
     """A restarted trial sends its last report again: its table must not grow a second copy of its rows
     (``MlflowClient.log_table`` appends), nor its curve a second point at each loop."""
