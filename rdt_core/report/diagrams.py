@@ -169,13 +169,13 @@ def short_name(key: str) -> str:
 
 
 def param_label(key: str, value: str | None) -> str:
-    """``name=value`` in a label, a fraction to 4 significant digits (``lr=0.003575``, where the param
-    holds a sampled 0.003574716038555324); integers, text and short numbers as they are."""
+    """``name=value`` in a label, a fraction to 3 significant digits (``lr=0.00357``, where the param
+    holds a sampled 0.003574716038555324; ``φ=2.5``); integers and text as they are."""
     try:
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return f"{short_name(key)}={value}"
-    return f"{short_name(key)}={value if number.is_integer() or len(str(value)) <= 6 else f'{number:.4g}'}"
+    return f"{short_name(key)}={value if number.is_integer() else f'{number:.3g}'}"
 
 
 def sortable(setting: Setting, key: str) -> tuple[float, str]:

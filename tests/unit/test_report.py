@@ -395,8 +395,9 @@ def test_the_trained_loops_panel_never_averages_a_plain_transformer_with_a_loope
     assert trained_loops_panel(trials[:2]).y == ["2"]  # one architecture: rows are R alone, as before
 
 
-def test_a_sampled_value_in_a_legend_is_shown_to_four_significant_digits():
-    assert param_label("train.lr", "0.003574716038555324") == "lr=0.003575"
+def test_a_sampled_value_in_a_legend_is_shown_to_three_significant_digits():
+    assert param_label("train.lr", "0.003574716038555324") == "lr=0.00357"
+    assert param_label("train.weight_decay", "0.12345") == "weight_decay=0.123"
     assert [param_label("train.train_loops", "4"), param_label("data.inferred_ratio", "2.5")] == ["train_loops=4", "φ=2.5"]
     assert param_label("train.loops_sampling", "poisson") == "loops_sampling=poisson"
     assert param_label("train.weight_decay", "0.1") == "weight_decay=0.1"
