@@ -30,6 +30,7 @@ pytestmark = pytest.mark.slow
 # What the platform is to show after a sweep. Each name is one page and what it must show (CHECKS,
 # below); take a name out while the part of the platform it checks is being reworked.
 EXPECTED = [
+    "runs_from_home",  # first, on a fresh browser: from the home page, by clicks, to the sweep's runs table
     "parent_description",  # the parent run's overview shows the spec's description (tag mlflow.note.content)
     "child_runs_listed",  # the parent run's overview links every child run, named CHILD_RUN_NAME
     "leaderboard_table",  # the parent's LEADERBOARD (MlflowClient.log_table): a table with ACCURACY, no column blank
@@ -227,6 +228,27 @@ def shown(locator, what: str, timeout_s: float = SHOWN_S):
 # must show.
 
 
+def check_runs_from_home(page, site: Site) -> None:
+    """What a user new to MLflow 3 does: open the home page, switch its view to "Model training" (MLflow
+    3.17 and 3.18 open experiments in its GenAI view unless told; the browser remembers the choice), open the
+    experiments list and the sweep's experiment, find its parent run in the runs table and unfold its child
+    runs."""
+    page.goto(f"{site.mlflow}/")
+    shown(page.get_by_role("button", name="Model training", exact=True), "the home page's Model training switch",
+          LOAD_S).click()
+    shown(page.get_by_role("link", name="Experiments", exact=True), "the side bar's Experiments link").click()
+    experiment = site.sweep.spec["name"]
+    shown(page.get_by_role("link", name=experiment, exact=True), f"the experiment {experiment} in the list",
+          LOAD_S).click()
+    # The parent run is named after the sweep, and its children sit under it, folded: the button in its
+    # name's cell unfolds them.
+    parent = page.locator('[role="gridcell"]').filter(has=page.get_by_role("link", name=experiment, exact=True))
+    shown(parent, "the parent run in the experiment's runs table", LOAD_S).locator("button").first.click()
+    name = site.child_run_name(0)
+    shown(page.get_by_role("link", name=name, exact=True), f"the child run {name} in the experiment's runs table",
+          LOAD_S)
+
+
 def open_parent_overview(page, site: Site) -> None:
     page.goto(site.run_page(site.sweep.parent_id))
     shown(page.get_by_text(site.sweep.parent_id, exact=True), "the parent run's overview", LOAD_S)
@@ -318,6 +340,7 @@ def check_optuna_study(page, site: Site) -> None:
 
 
 CHECKS = {
+    "runs_from_home": check_runs_from_home,
     "parent_description": check_parent_description,
     "child_runs_listed": check_child_runs_listed,
     "leaderboard_table": check_leaderboard_table,
