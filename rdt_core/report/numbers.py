@@ -6,24 +6,32 @@ Each kind of table is a function of the sweep and its options, named in ``TABLES
 which options. ``by`` names the params (one, a list, or a mapping to headings) whose values tell the
 settings apart: they are a table's first columns, headed by their names or the headings given. Settings
 are compared on test splits at loop budgets chosen on validation splits; the best over loops on a test
-split is labelled an oracle wherever it appears.
+split is labelled an oracle wherever it appears. ``over_seeds`` tests the page's claims with the seed as
+the unit (a replicate has its own graph and initialisation, so its test queries are not independent
+samples): each seed's value, a t test over seeds, and Holm's correction over the table's family of tests.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import statistics
-from typing import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
 
 from rdt_core.metrics import (
     ACC,
     ACC_CHOSEN,
     ACC_HOPS_CHOSEN,
     ACC_HOPS_LOOP,
+    ACC_LOOP,
     ACC_ORACLE,
     ACC_PREFIX,
+    HALTING,
     HALTING_HOPS,
     HALTING_HOPS_KL_ONLY,
+    HALTING_KL_ONLY,
+    HALTING_RULE,
     LENS_TOP1,
     LOOPS_CHOSEN,
     NULL,
@@ -31,10 +39,29 @@ from rdt_core.metrics import (
     PATCHING_GAP,
     PHASE_STEP,
     STATE_NORM,
+    Kind,
     names_of,
 )
-from rdt_core.report.runs import By, ReportError, Setting, Spread, Sweep, Trial, numbered_keys, param_names
-from rdt_core.report.stats import binomial_upper_p, permutation_p, smallest_permutation_p, two_proportion_z
+from rdt_core.report.runs import (
+    REPLICATE_PARAM,
+    By,
+    ReportError,
+    Setting,
+    Spread,
+    Sweep,
+    Trial,
+    numbered_keys,
+    param_names,
+)
+from rdt_core.report.stats import (
+    binomial_upper_p,
+    holm,
+    one_sample_t,
+    permutation_p,
+    smallest_permutation_p,
+    two_proportion_z,
+    welch_t,
+)
 from rdt_core.report.summary import varying_params
 
 PHASE_SPLITS = ("train", "id", "ood")
@@ -379,6 +406,295 @@ def permutation(sweep: Sweep, greater: dict[str, object], than: dict[str, object
             f"(n = {len(a)} + {len(b)}; the smallest possible p is {smallest_permutation_p(len(a), len(b)):.3f})", ""]
 
 
+# --- statistics over seeds: the seed is the unit -------------------------------------------------------------
+
+ALPHA = 0.05
+SEED_IS_THE_UNIT = ("Seed is the unit: each replicate (its own graph and initialisation) gives one value; "
+                    "{m} tests, Holm-corrected.")
+
+
+@dataclass(frozen=True)
+class SeedClaim:
+    """One claim of the page, as the values it rests on: one per seed, in replicate order (None where a
+    seed lacks a metric). ``than``: the other setting's values, for a claim that one setting beats
+    another. ``both_ways``: a claim that may go either way (halting may gain or lose), so both one-sided
+    tests are made, and both count in the family."""
+
+    claim: str
+    setting: str
+    values: list[float | None]
+    than: list[float | None] | None = None
+    both_ways: bool = False
+
+
+def present(values: list[float | None]) -> list[float]:
+    """The seeds that have a value: a seed that lacks a metric is left out of its test."""
+    return [value for value in values if value is not None and math.isfinite(value)]
+
+
+def in_replicate_order(setting: Setting) -> list[Trial]:
+    """A setting's seeds by their replicate index, so that a seed has the same place in every row."""
+    return sorted(setting.replicates, key=lambda trial: trial.number(REPLICATE_PARAM) or 0)
+
+
+def per_seed(setting: Setting, value: Callable[[Trial], float | None]) -> list[float | None]:
+    return [value(trial) for trial in in_replicate_order(setting)]
+
+
+def difference(trial: Trial, minuend: str, subtrahend: str) -> float | None:
+    """One metric of a trial less another: a seed compared with its own null, graph or budget."""
+    first, second = trial.metrics.get(minuend), trial.metrics.get(subtrahend)
+    return None if first is None or second is None else first - second
+
+
+def described(where: dict[str, object]) -> str:
+    return ", ".join(f"{key}={value}" for key, value in where.items())
+
+
+def found_setting(sweep: Sweep, where: dict[str, object]) -> Setting:
+    """The setting ``where`` picks; a test of a setting that is not there is a mistake in the list, not
+    a test without seeds."""
+    setting = setting_where(sweep, where)
+    if setting is None:
+        raise ReportError(f"over_seeds: no setting of {sweep.experiment!r} has {described(where)}")
+    return setting
+
+
+def metric_name(kind: Kind, **fields: Any) -> str:
+    """``kind.name``, with a field the list spelt wrong (a target, a rule) reported as the list's error."""
+    try:
+        return kind.name(**fields)
+    except ValueError as error:
+        raise ReportError(f"over_seeds: {error}") from None
+
+
+def above_null(sweep: Sweep, where: dict[str, object], split: str, hops: int, per_hop: bool = False) -> SeedClaim:
+    """Chosen-budget test accuracy above the structural null of the seed's own graph. ``per_hop``: the
+    accuracy of ``hops``-hop queries alone (else the whole split's)."""
+    accuracy = ACC_HOPS_CHOSEN.name(split=split, hops=hops) if per_hop else ACC_CHOSEN.name(split=split)
+    null = NULL.name(split=split, hops=hops, stat="structural")
+    queries = f"{split} {hops}-hop" if per_hop else split
+    return SeedClaim(f"{queries} accuracy (chosen) above its {hops}-hop structural null", described(where),
+                     per_seed(found_setting(sweep, where), lambda trial: difference(trial, accuracy, null)))
+
+
+def greater(sweep: Sweep, where: dict[str, object], than: dict[str, object], split: str,
+            hops: int | None = None) -> SeedClaim:
+    """Chosen-budget test accuracy of one setting above another's: seeds of two settings are not
+    paired, so the test compares the two samples."""
+    accuracy = ACC_CHOSEN.name(split=split) if hops is None else ACC_HOPS_CHOSEN.name(split=split, hops=hops)
+    first, second = (per_seed(found_setting(sweep, w), lambda trial: trial.metrics.get(accuracy)) for w in (where, than))
+    queries = split if hops is None else f"{split} {hops}-hop"
+    return SeedClaim(f"{queries} accuracy (chosen) above the other setting's", f"{described(where)} vs "
+                     f"{described(than)}", first, than=second)
+
+
+def overthinking_fall(sweep: Sweep, where: dict[str, object], hops: int, at: int | str) -> SeedClaim:
+    """Accuracy at the budget chosen on validation less accuracy at a larger fixed budget (``at``: a
+    loop count, ``3R``: three times the trained loops, or ``max``), on id ``hops``-hop queries: does
+    looping longer than trained lose what the model knew?"""
+    setting = found_setting(sweep, where)
+    loop = loop_at(setting, at)
+    chosen, fixed = ACC_HOPS_CHOSEN.name(split="id", hops=hops), ACC_HOPS_LOOP.name(split="id", hops=hops, loop=loop)
+    named = f" ({at})" if isinstance(at, str) else ""
+    return SeedClaim(f"id {hops}-hop accuracy falls from the chosen budget to {loop} loops{named}", described(where),
+                     per_seed(setting, lambda trial: difference(trial, chosen, fixed)))
+
+
+def loop_at(setting: Setting, at: int | str) -> int:
+    """The loop count ``at`` names for a setting: itself, ``3R`` (capped at the largest budget) or ``max``."""
+    max_loops = int(setting.params["model.max_loops"])
+    if at == "max":
+        return max_loops
+    if at == "3R":
+        return min(3 * int(setting.params["train.train_loops"]), max_loops)
+    if isinstance(at, int) and 1 <= at <= max_loops:
+        return at
+    raise ReportError(f"over_seeds: at: expected a loop count up to {max_loops}, '3R' or 'max', got {at!r}")
+
+
+def halting_gain(sweep: Sweep, where: dict[str, object], rule: str, against: str, hops: int | None = None) -> SeedClaim:
+    """A halting rule on id queries (``configured``, ``kl_only`` or a rule of the grid) against a fixed
+    budget of the same mean cost (its ``gain``) or against the largest budget (its accuracy less that
+    budget's, beside the loops it saves). Either sign would be a finding, so both are tested.
+    ``hops``: the queries of one hop count (the grid's rules are reported over all of them)."""
+    setting = found_setting(sweep, where)
+    stat = halting_names(rule, hops)
+    max_loops = int(setting.params["model.max_loops"])
+    mean_loops = statistics.fmean(present(per_seed(setting, lambda trial: trial.metrics.get(stat("mean_loops"))))
+                                  or [math.nan])
+    queries = "id" if hops is None else f"id {hops}-hop"
+    if against == "fixed":
+        return SeedClaim(f"{rule} halting rule against a fixed budget of its mean cost ({mean_loops:.1f} loops), "
+                         f"{queries}", described(where), per_seed(setting, lambda t: t.metrics.get(stat("gain"))),
+                         both_ways=True)
+    if against == "max":
+        at_max = (ACC_LOOP.name(split="id", loop=max_loops) if hops is None
+                  else ACC_HOPS_LOOP.name(split="id", hops=hops, loop=max_loops))
+        return SeedClaim(f"{rule} halting rule against {max_loops} loops, {queries} (saves "
+                         f"{max_loops - mean_loops:.1f} of {max_loops} loops)", described(where),
+                         per_seed(setting, lambda trial: difference(trial, stat("acc"), at_max)), both_ways=True)
+    raise ReportError(f"over_seeds: against: expected 'fixed' or 'max', got {against!r}")
+
+
+def halting_names(rule: str, hops: int | None) -> Callable[[str], str]:
+    """The metric name of each stat of a halting rule on id queries, of one hop count or of all."""
+    if rule == "configured":
+        return lambda stat: (HALTING.name(split="id", stat=stat) if hops is None
+                             else HALTING_HOPS.name(split="id", hops=hops, stat=stat))
+    if rule == "kl_only":
+        return lambda stat: (HALTING_KL_ONLY.name(split="id", stat=stat) if hops is None
+                             else HALTING_HOPS_KL_ONLY.name(split="id", hops=hops, stat=stat))
+    if hops is not None:
+        raise ReportError(f"over_seeds: rule {rule!r}: a rule of the grid is reported over all hop counts; leave out hops")
+    metric_name(HALTING_RULE, split="id", rule=rule, stat="acc")  # a misspelt rule fails here, by name
+    return lambda stat: HALTING_RULE.name(split="id", rule=rule, stat=stat)
+
+
+def lens_above_chance(sweep: Sweep, where: dict[str, object], split: str, hops: int, target: str,
+                      loop: int) -> SeedClaim:
+    """The logit lens's top-1 share of ``target`` after ``loop`` above chance, 1 / n_entities."""
+    top1 = metric_name(LENS_TOP1, split=split, hops=hops, target=target, loop=loop)
+    return SeedClaim(
+        f"logit lens: {target} top-1 after loop {loop} above chance ({split} {hops}-hop)", described(where),
+        per_seed(found_setting(sweep, where), lambda trial: lens_over_chance(trial, top1)),
+    )
+
+
+def lens_over_chance(trial: Trial, top1: str) -> float | None:
+    share = trial.metrics.get(top1)
+    return None if share is None else share - 1 / int(trial.params["data.n_entities"])
+
+
+def patching_above_null(sweep: Sweep, where: dict[str, object], hops: int, pos: int, loop: int) -> SeedClaim:
+    """Activation patching of the state: the share of the logit gap recovered at ``pos`` after ``loop``
+    above the same reading of a randomly initialised model of the seed. The null model's gap is in the
+    claim: where it is near zero, the null's shares divide by it and are noise."""
+    setting = found_setting(sweep, where)
+    trained, null = (metric_name(PATCHING, model=model, point="state", hops=hops, loop=loop, pos=pos)
+                     for model in ("patching", "patching_null"))
+    gap = PATCHING_GAP.name(model="patching_null", point="state", hops=hops)
+    null_gap = statistics.fmean(present(per_seed(setting, lambda trial: trial.metrics.get(gap))) or [math.nan])
+    return SeedClaim(f"patching the state at pos {pos} after loop {loop} recovers more than in a random model "
+                     f"({hops}-hop; the random model's mean logit gap: {null_gap:.2f})", described(where),
+                     per_seed(setting, lambda trial: difference(trial, trained, null)))
+
+
+SEED_TESTS: dict[str, Callable[..., SeedClaim]] = {
+    "above_null": above_null,
+    "greater": greater,
+    "overthinking_fall": overthinking_fall,
+    "halting_gain": halting_gain,
+    "lens_above_chance": lens_above_chance,
+    "patching_above_null": patching_above_null,
+}
+
+
+def tested(claim: SeedClaim) -> tuple[str, list[float]]:
+    """The test cell of a claim and its one-sided p-values: that the value is above zero (one seed's
+    setting above the other's), and for a claim either way also that it is below."""
+    values = present(claim.values)
+    if claim.than is None:
+        t, df, p = one_sample_t(values)
+        below = one_sample_t([-value for value in values])[2]
+        test = "one-sample t" + statistic_text(t, f"{df:.0f}")
+    else:
+        other = present(claim.than)
+        t, df, p = welch_t(values, other)
+        below = welch_t(other, values)[2]
+        exact = f"; exact perm. p = {permutation_p(values, other):.3f}" if values and other else ""
+        test = "Welch t" + statistic_text(t, f"{df:.1f}") + exact
+    return test, [p, below] if claim.both_ways else [p]
+
+
+def statistic_text(t: float, df: str) -> str:
+    """`` = t, df = ...`` of a t test that could be made; an infinite t says why: seeds that agree
+    exactly leave the test nothing to scale by, and its p is then an exact test's (``stats.one_sample_t``)."""
+    if math.isnan(t):
+        return ""
+    agree = " (the seeds agree exactly: exact sign-flip or permutation p)" if math.isinf(t) else ""
+    return f" = {t:.2f}{agree}, df = {df}"
+
+
+def p_text(p: float) -> str:
+    """A p-value to three decimals, a smaller one in scientific notation; — where no test was made."""
+    if math.isnan(p):
+        return "—"
+    return f"{p:.3f}" if p >= 0.001 or p == 0 else f"{p:.1e}"
+
+
+def p_cell(pvalues: list[float]) -> str:
+    """One p, or the p above zero and the p below it of a claim either way."""
+    if len(pvalues) == 1:
+        return p_text(pvalues[0])
+    return f"{p_text(pvalues[0])} (> 0); {p_text(pvalues[1])} (< 0)"
+
+
+def verdict(claim: SeedClaim, adjusted: list[float]) -> str:
+    """What the family's Holm-adjusted p-values let the page say of one claim."""
+    if any(math.isnan(p) for p in adjusted):
+        return "too few seeds"
+    if not claim.both_ways:
+        return "holds" if adjusted[0] < ALPHA else "not shown"
+    return "gains" if adjusted[0] < ALPHA else "loses" if adjusted[1] < ALPHA else "no difference shown"
+
+
+def seed_cells(claim: SeedClaim) -> tuple[str, str]:
+    """Each seed's value, in replicate order (— for a seed without it), and their mean ± sd (n); a
+    comparison of two settings gives both, the first setting's first."""
+    samples = [claim.values] if claim.than is None else [claim.values, claim.than]
+    listed = [", ".join("—" if v is None else f"{v:.3f}" for v in sample) for sample in samples]
+    return " vs ".join(listed), " vs ".join(spread(sample) for sample in samples)
+
+
+def over_seeds(sweep: Sweep, rows: list[dict[str, Any]]) -> list[str]:
+    """Claims of the page tested with the seed as the unit, a row each: each seed's value, the t test
+    over seeds, and the p adjusted by Holm over the table, which is one family of tests. ``rows``: a
+    test each, ``{test: KIND, ...its options}`` (``SEED_TESTS``)."""
+    claims = [SEED_TESTS[spec["test"]](sweep, **{k: v for k, v in spec.items() if k != "test"}) for spec in rows]
+    tests = [tested(claim) for claim in claims]
+    family = [p for _, pvalues in tests for p in pvalues]
+    adjusted, m = iter(holm(family)), sum(not math.isnan(p) for p in family)
+    lines = []
+    for claim, (test, pvalues) in zip(claims, tests):
+        corrected = [next(adjusted) for _ in pvalues]
+        lines.append([claim.claim, claim.setting, *seed_cells(claim), test, p_cell(pvalues), p_cell(corrected),
+                      verdict(claim, corrected)])
+    header = ["claim", "setting", "each seed (replicate order)", "mean ± sd (n)", "test", "p (one-sided)",
+              f"Holm p (m = {m})", "verdict"]
+    return [*table(header, lines), SEED_IS_THE_UNIT.format(m=m), ""]
+
+
+class RowCheckedSignature(inspect.Signature):
+    """``over_seeds``'s signature, which checks its rows as it binds: a figure list checks a table's
+    options by binding them to its function's signature (``figure_list.checked_options``), so a row's
+    unknown test or misspelt key is refused there, naming the list's file and the key, before anything
+    is drawn."""
+
+    def bind(self, *args: Any, **kwargs: Any) -> inspect.BoundArguments:
+        bound = super().bind(*args, **kwargs)
+        check_rows(bound.arguments["rows"])
+        return bound
+
+
+def check_rows(rows: Any) -> None:
+    """Each row of ``over_seeds`` names a known test and only the options its function takes (a
+    TypeError, as a binding's is)."""
+    if not isinstance(rows, list):
+        raise TypeError(f"rows: expected a list of tests, got {rows!r}")
+    for index, spec in enumerate(rows):
+        test = spec.get("test") if isinstance(spec, dict) else None
+        if test not in SEED_TESTS:
+            raise TypeError(f"rows[{index}].test: expected one of {', '.join(SEED_TESTS)}, got {test!r}")
+        try:
+            inspect.signature(SEED_TESTS[test]).bind(None, **{k: v for k, v in spec.items() if k != "test"})
+        except TypeError as error:
+            raise TypeError(f"rows[{index}] ({test}): {error}") from None
+
+
+over_seeds.__signature__ = RowCheckedSignature.from_callable(over_seeds)
+
+
 TABLES: dict[str, Callable[..., list[str]]] = {
     "grokking": grokking,
     "onsets": onsets,
@@ -393,4 +709,5 @@ TABLES: dict[str, Callable[..., list[str]]] = {
     "seed_tests": seed_tests,
     "untrained_hop_tests": untrained_hop_tests,
     "permutation": permutation,
+    "over_seeds": over_seeds,
 }
