@@ -196,32 +196,37 @@ def is_validation(split: str) -> bool:
     return split.endswith(VALIDATION_SUFFIX)
 
 
+MEASURE, VALUE = "measure", "value"  # the two columns of a table's long form
+
+
 def tables(metrics: Mapping[str, float]) -> dict[str, list[dict[str, Any]]]:
-    """The values of every kind that has a table, as rows: one row per combination of its fields (the
-    stat aside, which names a column), its values in columns. Tables by name, rows in name order."""
-    rows: dict[str, dict[tuple, dict[str, Any]]] = {}
+    """The values of every kind that has a table, in long form: one row per value, its kind's fields,
+    then what it measures (the stat, or the kind's column) and the value. Long, because one table holds
+    kinds of different fields and stats: pivoted, most of its cells were empty (the accuracy table: 63
+    of 121) and the MLflow UI showed a few of its columns. Tables by name, rows in metric-name order."""
+    rows: dict[str, list[dict[str, Any]]] = {}
     for name in sorted(metrics):
         parsed = parse(name)
         if parsed is None or parsed[0].table is None:
             continue
         kind, values = parsed
-        column = values.pop("stat") if kind.stats else kind.column
-        key_fields = {**kind.implied, **values}
-        row = rows.setdefault(kind.table, {}).setdefault(tuple(sorted(key_fields.items(), key=str)), dict(key_fields))
-        row[column] = metrics[name]
+        measure = values.pop("stat") if kind.stats else kind.column
+        row = {**kind.implied, **values}
         if kind is HALTING_RULE:  # the thresholds as numbers, for a table sorted or filtered by them
             row["kl"], row["entropy"] = rule_thresholds(values["rule"])
-    return {table: list(by_key.values()) for table, by_key in sorted(rows.items())}
+        rows.setdefault(kind.table, []).append({**row, MEASURE: measure, VALUE: metrics[name]})
+    return dict(sorted(rows.items()))
 
 
 def from_tables(tables: Mapping[str, list[Mapping[str, Any]]]) -> dict[str, float]:
     """The metrics that :func:`tables` turned into ``tables``, by name again (an empty cell, None or NaN,
-    is no metric). Rows read back from JSON may hold integral floats (``2.0``) where numbers were."""
+    is no metric). Rows read back from JSON may hold integral floats (``2.0``) where numbers were. Runs
+    logged before the long form hold pivoted rows (a column per measure); those are read too."""
     metrics: dict[str, float] = {}
     for table, rows in tables.items():
         kinds = [kind for kind in KINDS if kind.table == table]
         for raw in rows:
-            row = {key: whole(key, value) for key, value in raw.items() if not is_missing(value)}
+            row = {key: whole(key, value) for key, value in pivoted(raw).items() if not is_missing(value)}
             row_fields = {key for key in row if key in FIELD_PATTERNS}
             for kind in kinds:
                 named = [name for name in kind.fields if name != "stat"]
@@ -237,6 +242,15 @@ def from_tables(tables: Mapping[str, list[Mapping[str, Any]]]) -> dict[str, floa
                         break
                     metrics[name] = float(row[column])
     return metrics
+
+
+def pivoted(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A long-form row as the pivoted row of its one value (``{..., measure: acc, value: 0.5}`` ->
+    ``{..., acc: 0.5}``); a pivoted row as it is."""
+    if MEASURE not in row:
+        return dict(row)
+    fields = {key: value for key, value in row.items() if key not in (MEASURE, VALUE)}
+    return {**fields, row[MEASURE]: row[VALUE]}
 
 
 def is_missing(value: Any) -> bool:

@@ -50,7 +50,7 @@ def test_a_run_holds_few_metrics_and_tables_hold_the_rest(reported):
     assert reported - headline <= tabled | {"step"}, sorted(reported - headline - tabled)
 
 
-def test_tables_rows_carry_the_fields_and_pivot_the_stats():
+def test_tables_are_long_one_row_per_value_with_its_fields_and_measure():
     metrics = {
         "acc/id/hops_2/loop_01": 0.1, "acc/id/hops_2/loop_02": 0.2, "acc/id/loop_01": 0.15,
         "halting/id/acc": 0.5, "halting/id/mean_loops": 3.0, "halting/id/kl_only/acc": 0.4,
@@ -59,12 +59,23 @@ def test_tables_rows_carry_the_fields_and_pivot_the_stats():
     }
     tables = names.tables(metrics)
     assert set(tables) == {"accuracy_by_loop", "halting", "nulls"}
-    assert {"split": "id", "hops": 2, "loop": 2, "accuracy": 0.2} in tables["accuracy_by_loop"]
-    assert {"split": "id", "hops": "all", "loop": 1, "accuracy": 0.15} in tables["accuracy_by_loop"]
+    assert {"split": "id", "hops": 2, "loop": 2, "measure": "accuracy", "value": 0.2} in tables["accuracy_by_loop"]
+    assert {"split": "id", "hops": "all", "loop": 1, "measure": "accuracy", "value": 0.15} in tables["accuracy_by_loop"]
     configured = [row for row in tables["halting"] if row["rule"] == "configured" and row["hops"] == "all"]
-    assert configured == [{"split": "id", "hops": "all", "rule": "configured", "acc": 0.5, "mean_loops": 3.0}]
-    assert {"split": "id", "hops": 2, "structural": 0.2, "last_relation": 0.1} in tables["nulls"]
+    assert configured == [{"split": "id", "hops": "all", "rule": "configured", "measure": "acc", "value": 0.5},
+                          {"split": "id", "hops": "all", "rule": "configured", "measure": "mean_loops", "value": 3.0}]
+    assert {"split": "id", "hops": 2, "measure": "structural", "value": 0.2} in tables["nulls"]
+    every_row = [row for rows in tables.values() for row in rows]
+    assert len(every_row) == len(metrics) - 1  # one row per tabled value: lr has no table
+    assert all(None not in row.values() for row in every_row)
     assert names.by_loop_curves(metrics) == {"acc_by_loop/id": {1: 0.15}}
+
+
+def test_pivoted_tables_of_runs_logged_before_the_long_form_still_read_back():
+    pivoted_rows = {"halting": [{"split": "id", "hops": "all", "rule": "configured", "acc": 0.5, "mean_loops": 3.0}],
+                    "nulls": [{"split": "id", "hops": 2, "structural": 0.2, "last_relation": None}]}
+    assert names.from_tables(pivoted_rows) == {
+        "halting/id/acc": 0.5, "halting/id/mean_loops": 3.0, "null/id/hops_2/structural": 0.2}
 
 
 def test_tables_read_back_give_every_tabled_metric(reported):

@@ -73,9 +73,11 @@ def test_the_replicas_table_holds_each_replica_and_the_spread_its_own():
               "replica/1/acc/id": 0.6, "replica_std/acc/id": 0.14}
     tables = names.tables(report)
     assert set(tables) == {"replicas", "replica_spread"}
-    assert tables["replicas"] == [{"replica": 0, "seed": 3.0, "acc/id": 0.4},
-                                  {"replica": 1, "seed": 4.0, "acc/id": 0.6}]
-    assert tables["replica_spread"] == [{"acc/id": 0.14}]
+    assert tables["replicas"] == [{"replica": 0, "measure": "acc/id", "value": 0.4},
+                                  {"replica": 0, "measure": "seed", "value": 3.0},
+                                  {"replica": 1, "measure": "acc/id", "value": 0.6},
+                                  {"replica": 1, "measure": "seed", "value": 4.0}]
+    assert tables["replica_spread"] == [{"measure": "acc/id", "value": 0.14}]
     assert not names.is_headline("replica/0/acc/id")
     assert names.from_tables(tables) == report
 

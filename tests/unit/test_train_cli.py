@@ -39,7 +39,7 @@ def test_one_run_logs_config_headline_metrics_tables_and_checkpoint(tmp_path):
     table = client.download_artifacts(run.info.run_id, "tables/accuracy_by_loop.json", str(tmp_path))
     written = json.loads(Path(table).read_text())
     rows = [dict(zip(written["columns"], row)) for row in written["data"]]
-    found = [r["accuracy"] for r in rows if (r["split"], r["hops"], r["loop"]) == ("id", 2, 5)]
+    found = [r["value"] for r in rows if (r["split"], r["hops"], r["loop"], r["measure"]) == ("id", 2, 5, "accuracy")]
     assert found == [reports[-1]["acc/id/hops_2/loop_05"]]
     assert {"path": "tables/halting.json", "type": "table"} in json.loads(run.data.tags["mlflow.loggedArtifacts"])
 
