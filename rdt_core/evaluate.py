@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -275,6 +276,24 @@ def end_of_run_analysis(
     return {"tables": metric_names.tables(found)}
 
 
+def analysis_settings(
+    trained_config: ExperimentConfig | None, overrides: dict[str, Any], max_loops: int
+) -> dict[str, dict[str, Any]]:
+    """The train and eval keys the end-of-run analysis reads: a checkpoint of this project's own, else
+    what the paper's weights do not show (``--set train.*`` / ``eval.*``, the loops trained at capped at
+    ``max_loops``). Checked here, before anything is computed, as a sweep checks its configs: a bad key
+    or value is a one-line refusal, not an analysis marked not applicable after the accuracies."""
+    if trained_config is not None:
+        return {"train": trained_config.train.model_dump(), "eval": trained_config.eval.model_dump()}
+    trained: dict[str, dict[str, Any]] = {"train": {"train_loops": min(TrainConfig().train_loops, max_loops)}}
+    for key, value in overrides.items():
+        section, _, name = key.partition(".")
+        if section in ("train", "eval"):
+            trained.setdefault(section, {})[name] = value
+    ExperimentConfig.from_dict({**trained, "model": {"max_loops": max_loops}})  # raises ConfigError
+    return trained
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rdt_core.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path, help="a checkpoint of this project or one in the paper's layout")
@@ -307,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
             check_lengths(data, model, args.pad_to, args.checkpoint)
         if not args.out.parent.is_dir():
             raise CheckpointError(f"{args.out}: its directory does not exist")
+        trained = None if args.no_analysis else analysis_settings(trained_config, overrides, args.max_loops)
     except ConfigError as error:
         return refuse(f"{args.checkpoint}: {error}")
     except (CheckpointError, PaperFormatError) as error:
@@ -328,16 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     if validation:
         result.update(chosen_budgets(accuracy, accuracy_by_loop(model, validation, args.max_loops, args.batch_size,
                                                                 args.pad_to, device)))
-    if not args.no_analysis:
-        if trained_here:
-            analysed, trained = model, {"train": trained_config.train.model_dump(), "eval": trained_config.eval.model_dump()}
-        else:  # what the paper's weights do not show: --set train.* / eval.*, the loops trained at capped here
-            analysed = in_project_layout(model, data.vocab)
-            trained = {"train": {"train_loops": min(TrainConfig().train_loops, args.max_loops)}}
-            for key, value in overrides.items():
-                section, _, name = key.partition(".")
-                if section in ("train", "eval"):
-                    trained.setdefault(section, {})[name] = value
+    if trained is not None:
+        analysed = model if trained_here else in_project_layout(model, data.vocab)
         result["analysis"] = end_of_run_analysis(analysed, data, trained, args.max_loops, args.n_validation,
                                                  args.seed, device)
     scratch = args.out.with_name(f".{args.out.name}.partial")  # renamed whole: a kill leaves no half file

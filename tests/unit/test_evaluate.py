@@ -205,10 +205,13 @@ def bad_checkpoint(tmp_path: Path, case: str) -> tuple[Path, list[str], str]:
         vocab = tmp_path / "data" / "vocab.json"
         vocab.write_text(json.dumps(json.loads(vocab.read_text()) + ["<extra>"]))
         return path, heads, "token_embedding.weight holds 16 tokens, vocab.json gives 17"
+    if case == "analysis_loops":  # the analysis' settings against --max-loops 2, checked before any accuracy
+        return path, heads + ["--set", "train.train_loops=3"], "train.train_loops (3) exceeds model.max_loops (2)"
     return path, heads + ["--set", "model.n_heads=5"], "model"  # 32 is no multiple of 5 even heads
 
 
-@pytest.mark.parametrize("case", ["not_a_checkpoint", "unknown_layout", "no_heads", "vocabulary", "bad_heads", "sine_table"])
+@pytest.mark.parametrize("case", ["not_a_checkpoint", "unknown_layout", "no_heads", "vocabulary", "bad_heads", "sine_table",
+                                  "analysis_loops"])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, case):
     write_paper_directory(tmp_path / "data", paper_block_model("learned", "none"))
     path, extra, message = bad_checkpoint(tmp_path, case)
