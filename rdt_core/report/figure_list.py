@@ -3,7 +3,8 @@
 
 Per sweep the list names the report's diagrams (``diagrams.DIAGRAMS``), the line figures with their
 options (``figures.LINE_FIGURES``) and the tables of the sweep's section of the numbers page
-(``numbers.TABLES``); paths are relative to the list. docs/figures.yaml, for docs/results.md:
+(``numbers.TABLES``; ``search.TABLES`` for a searched sweep); paths are relative to the list.
+docs/figures.yaml, for docs/results.md:
 
     title: Numbers of docs/results.md   # the numbers page's heading
     exports: sweeps                     # each sweep's export is exports/NAME.json.gz (--export)
@@ -17,6 +18,10 @@ options (``figures.LINE_FIGURES``) and the tables of the sweep's section of the 
         numbers:                        # `by` as a mapping: the params and their columns' headings
           - depth: {by: {model.architecture: architecture, train.curriculum: curriculum}}
           - untrained_hop_tests: {split: id}
+      regime:                           # a searched sweep: its study and the knobs that mattered
+        numbers:
+          - study: {spec: ../sweeps/regime.yaml}   # a spec, relative to the list
+          - importances: {spec: ../sweeps/regime.yaml}
 
 It replaces a script that kept its own figures, tables and titles copied by hand from the sweep specs:
 what to draw is data here, how to draw it is the report's, and every title is read from the exports.
@@ -39,9 +44,10 @@ from rdt_core.metrics import NULL_CHANCE
 from rdt_core.report.diagrams import DIAGRAMS, draw_sweep
 from rdt_core.report.export import load_export
 from rdt_core.report.figures import LINE_FIGURES
-from rdt_core.report.numbers import TABLES
+from rdt_core.report import numbers, search
 from rdt_core.report.runs import ReportError
 
+TABLES = {**numbers.TABLES, **search.TABLES}
 LIST_KEYS = ("title", "exports", "figures", "numbers", "sweeps")
 SWEEP_KEYS = ("diagrams", "lines", "numbers")
 KEPT_SUFFIXES = (".png", ".md")  # a page shows PNGs and tables; HTML diagrams: python -m rdt_core.report NAME
@@ -111,7 +117,10 @@ def sweep_figures(path: Path, name: str, entry: Any, export: Path) -> SweepFigur
         if not (isinstance(table, dict) and len(table) == 1):
             raise ReportError(f"{path}: {where}.numbers[{index}]: expected one `kind: {{options}}`")
         (kind, options), = table.items()
-        numbers.append((kind, checked_options(path, f"{where}.numbers[{index}].{kind}", kind, options, TABLES, 1)))
+        options = checked_options(path, f"{where}.numbers[{index}].{kind}", kind, options, TABLES, 1)
+        if "spec" in options:  # a sweep spec (the search tables' ranges), relative to the list like the rest
+            options["spec"] = str(path.parent / options["spec"])
+        numbers.append((kind, options))
     return SweepFigures(name, export, diagrams, lines, numbers)
 
 

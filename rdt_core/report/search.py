@@ -1,0 +1,139 @@
+"""The tables of a searched sweep (TPE, ASHA): its study, trial by trial, and which knobs mattered.
+
+A search draws each trial's setting, so a sweep of one seed per setting has no spread to show; what a
+reader wants instead is every trial with its drawn values, how far it trained before the scheduler
+stopped it, its validation score and its test scores beside the null; and the parameter importances of
+Optuna's fANOVA (seeded: a random forest fitted to (setting -> score)), computed from the export and the
+spec's search space alone, so the page redraws to the byte without the study's database.
+
+A trial stopped early counts with the score it had when stopped, as the scheduler saw it: importances
+then say which knobs separate early losers from the rest as much as which shape the winners.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import optuna
+from pydantic import TypeAdapter, ValidationError
+
+from rdt_core.config import ConfigError, read_yaml_mapping
+from rdt_core.metrics import ACC_CHOSEN, NULL, STEP
+from rdt_core.report.numbers import table
+from rdt_core.report.runs import ReportError, Sweep, Trial
+from rdt_core.sweep.spec import Choice, Distribution, FloatRange, IntRange
+
+DISTRIBUTION = TypeAdapter(Distribution)
+IMPORTANCE_SEED = 0  # fANOVA's forest: the same export gives the same importances
+
+
+def searched_space(spec_path: str) -> dict[str, optuna.distributions.BaseDistribution]:
+    """The search space of the spec at ``spec_path`` as Optuna distributions, by dotted config key. Only
+    the search space is read and checked: the report redraws from what the sweep ran, not from whether
+    today's checks of its base config would still pass."""
+    path = Path(spec_path)
+    try:
+        raw = read_yaml_mapping(path, "sweep spec") or {}
+        space = raw.get("search_space")
+        if not isinstance(space, dict) or not space:
+            raise ReportError(f"{path}: search_space: a searched sweep's spec has one")
+        return {key: distribution_of(DISTRIBUTION.validate_python(found)) for key, found in space.items()}
+    except ConfigError as error:
+        raise ReportError(f"{path}: {error}") from None
+    except ValidationError as error:
+        raise ReportError(f"{path}: search_space: {error.errors()[0]['msg']}") from None
+
+
+def distribution_of(found: IntRange | FloatRange | Choice) -> optuna.distributions.BaseDistribution:
+    if isinstance(found, IntRange):
+        return optuna.distributions.IntDistribution(found.low, found.high)
+    if isinstance(found, FloatRange):
+        return optuna.distributions.FloatDistribution(found.low, found.high, log=found.type == "loguniform")
+    return optuna.distributions.CategoricalDistribution(found.values)
+
+
+def param_value(trial: Trial, key: str, distribution: optuna.distributions.BaseDistribution) -> Any:
+    """A trial's param (a string in the export) as the distribution's own type."""
+    text = trial.params[key]
+    if isinstance(distribution, optuna.distributions.CategoricalDistribution):
+        return next(choice for choice in distribution.choices if str(choice) == text)
+    return int(float(text)) if isinstance(distribution, optuna.distributions.IntDistribution) else float(text)
+
+
+def in_memory_study(sweep: Sweep, space: dict[str, optuna.distributions.BaseDistribution]) -> optuna.Study:
+    """The sweep's trials as a finished Optuna study: each trial's drawn values and its final score."""
+    study = optuna.create_study(direction="maximize" if sweep.mode == "max" else "minimize")
+    for trial in sweep.trials:
+        score = trial.metrics.get(sweep.metric)
+        if score is None or not math.isfinite(score):
+            continue
+        params = {key: param_value(trial, key, distribution) for key, distribution in space.items()}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=space, value=score))
+    return study
+
+
+def importances(sweep: Sweep, spec: str) -> list[str]:
+    """Optuna's fANOVA importance of each searched key for the sweep's metric (they sum to 1), over the
+    trials of the export; ``spec``: the sweep's spec, for the ranges the forest spans."""
+    space = searched_space(spec)
+    study = in_memory_study(sweep, space)
+    if len(study.trials) < 2:
+        return [f"Too few finished trials ({len(study.trials)}) for parameter importances.", ""]
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=IMPORTANCE_SEED)
+    found = optuna.importance.get_param_importances(study, evaluator=evaluator)
+    rows = [[key, f"{value:.3f}"] for key, value in found.items()]
+    intro = (f"Parameter importances for {sweep.metric} (Optuna's fANOVA, seed {IMPORTANCE_SEED}, "
+             f"{len(study.trials)} trials; each trial's score where it stopped):")
+    return [intro, "", *table(["param", "importance"], rows)]
+
+
+def study(sweep: Sweep, spec: str, split: str = "ood") -> list[str]:
+    """Every trial of a searched sweep, best first: its drawn values (3 significant digits), the steps it
+    trained before it finished or was stopped, its score, and its test accuracy on ``split`` and on the
+    in-distribution split at the validation-chosen budget, beside ``split``'s structural null."""
+    space = searched_space(spec)
+    last_step = max((trial.metrics.get(STEP.name(), 0) for trial in sweep.trials), default=0)
+    ranked = sorted(sweep.trials, key=lambda trial: score_order(sweep, trial))
+    rows = []
+    for trial in ranked:
+        steps = trial.metrics.get(STEP.name())
+        stopped = "" if steps is None or steps >= last_step else " (stopped)"
+        rows.append([
+            trial.name,
+            *(short(trial.params.get(key, "")) for key in space),
+            f"{steps:,.0f}{stopped}" if steps is not None else "—",
+            number(trial.metrics.get(sweep.metric)),
+            number(trial.metrics.get(ACC_CHOSEN.name(split=split))),
+            number(trial.metrics.get(ACC_CHOSEN.name(split="id"))),
+            number(trial.metrics.get(NULL.name(split=split, hops=2, stat="structural"))),
+        ])
+    header = ["trial", *(key.split(".")[-1] for key in space), "steps", sweep.metric,
+              f"{split} (chosen, test)", "id (chosen, test)", f"{split} structural null"]
+    return [f"The study, best first ({len(sweep.trials)} trials; \"stopped\": the scheduler ended it early):", "",
+            *table(header, rows)]
+
+
+def score_order(sweep: Sweep, trial: Trial) -> tuple[int, float]:
+    """Best first by the sweep's metric and mode; trials without a score last."""
+    score = trial.metrics.get(sweep.metric)
+    if score is None or not math.isfinite(score):
+        return 1, 0.0
+    return 0, -score if sweep.mode == "max" else score
+
+
+def short(text: str) -> str:
+    """A drawn value at 3 significant digits; integers and words as they are."""
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    return text if value.is_integer() else f"{value:.3g}"
+
+
+def number(value: float | None) -> str:
+    return "—" if value is None or not math.isfinite(value) else f"{value:.3f}"
+
+
+TABLES = {"study": study, "importances": importances}
