@@ -13,6 +13,7 @@ then say which knobs separate early losers from the rest as much as which shape 
 from __future__ import annotations
 
 import math
+import random
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,9 @@ import optuna
 from pydantic import TypeAdapter, ValidationError
 
 from rdt_core.config import ConfigError, read_yaml_mapping
-from rdt_core.metrics import ACC_CHOSEN, NULL, STEP
+from rdt_core.metrics import ACC_CHOSEN, NULL
 from rdt_core.report.numbers import table
-from rdt_core.report.runs import ReportError, Sweep, Trial
+from rdt_core.report.runs import ReportError, Spread, Sweep, Trial
 from rdt_core.sweep.spec import Choice, Distribution, FloatRange, IntRange
 
 DISTRIBUTION = TypeAdapter(Distribution)
@@ -62,31 +63,52 @@ def param_value(trial: Trial, key: str, distribution: optuna.distributions.BaseD
     return int(float(text)) if isinstance(distribution, optuna.distributions.IntDistribution) else float(text)
 
 
-def in_memory_study(sweep: Sweep, space: dict[str, optuna.distributions.BaseDistribution]) -> optuna.Study:
-    """The sweep's trials as a finished Optuna study: each trial's drawn values and its final score."""
+def in_memory_study(
+    sweep: Sweep, space: dict[str, optuna.distributions.BaseDistribution], scores: list[float] | None = None
+) -> optuna.Study:
+    """The sweep's scored trials as a finished Optuna study: each trial's drawn values and its final score,
+    or ``scores`` in their place (in the order of the scored trials: a permutation null)."""
+    scored = [trial for trial in sweep.trials if is_score(trial.metrics.get(sweep.metric))]
+    values = scores if scores is not None else [trial.metrics[sweep.metric] for trial in scored]
     study = optuna.create_study(direction="maximize" if sweep.mode == "max" else "minimize")
-    for trial in sweep.trials:
-        score = trial.metrics.get(sweep.metric)
-        if score is None or not math.isfinite(score):
-            continue
+    for trial, value in zip(scored, values):
         params = {key: param_value(trial, key, distribution) for key, distribution in space.items()}
-        study.add_trial(optuna.trial.create_trial(params=params, distributions=space, value=score))
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=space, value=value))
     return study
 
 
-def importances(sweep: Sweep, spec: str) -> list[str]:
+def is_score(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def fanova(study: optuna.Study) -> dict[str, float]:
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=IMPORTANCE_SEED)
+    return optuna.importance.get_param_importances(study, evaluator=evaluator)
+
+
+def importances(sweep: Sweep, spec: str, shuffles: int = 50) -> list[str]:
     """Optuna's fANOVA importance of each searched key for the sweep's metric (they sum to 1), over the
-    trials of the export; ``spec``: the sweep's spec, for the ranges the forest spans."""
+    trials of the export; ``spec``: the sweep's spec, for the ranges the forest spans. Beside each, its
+    null: the importances the same trials get with their scores shuffled among them (``shuffles`` seeded
+    draws), and the share of draws that give the key at least its importance (a permutation p): with a
+    dozen trials, a forest finds some structure in noise too, and 1/k each is no null."""
     space = searched_space(spec)
     study = in_memory_study(sweep, space)
-    if len(study.trials) < 2:
+    if len(study.trials) < 3:
         return [f"Too few finished trials ({len(study.trials)}) for parameter importances.", ""]
-    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=IMPORTANCE_SEED)
-    found = optuna.importance.get_param_importances(study, evaluator=evaluator)
-    rows = [[key, f"{value:.3f}"] for key, value in found.items()]
+    found = fanova(study)
+    scores = [trial.value for trial in study.trials]
+    null: dict[str, list[float]] = {key: [] for key in found}
+    for draw in range(shuffles):
+        shuffled = random.Random(draw).sample(scores, len(scores))
+        for key, value in fanova(in_memory_study(sweep, space, shuffled)).items():
+            null[key].append(value)
+    rows = [[key, f"{value:.3f}", Spread.of(null[key]).text(), f"{sum(v >= value for v in null[key]) / shuffles:.2f}"]
+            for key, value in found.items()]
     intro = (f"Parameter importances for {sweep.metric} (Optuna's fANOVA, seed {IMPORTANCE_SEED}, "
-             f"{len(study.trials)} trials; each trial's score where it stopped):")
-    return [intro, "", *table(["param", "importance"], rows)]
+             f"{len(study.trials)} trials; each trial's score where it stopped), beside the importances of the "
+             f"same trials with their scores shuffled ({shuffles} draws):")
+    return [intro, "", *table(["param", "importance", "with scores shuffled", "p (shuffled at least as large)"], rows)]
 
 
 def study(sweep: Sweep, spec: str, split: str = "ood") -> list[str]:
@@ -94,11 +116,12 @@ def study(sweep: Sweep, spec: str, split: str = "ood") -> list[str]:
     trained before it finished or was stopped, its score, and its test accuracy on ``split`` and on the
     in-distribution split at the validation-chosen budget, beside ``split``'s structural null."""
     space = searched_space(spec)
-    last_step = max((trial.metrics.get(STEP.name(), 0) for trial in sweep.trials), default=0)
+    reached = {trial.run_id: max(sweep.history(trial, sweep.metric), default=None) for trial in sweep.trials}
+    last_step = max((steps for steps in reached.values() if steps is not None), default=0)
     ranked = sorted(sweep.trials, key=lambda trial: score_order(sweep, trial))
     rows = []
     for trial in ranked:
-        steps = trial.metrics.get(STEP.name())
+        steps = reached[trial.run_id]  # the step of the metric's last evaluation
         stopped = "" if steps is None or steps >= last_step else " (stopped)"
         rows.append([
             trial.name,
@@ -118,7 +141,7 @@ def study(sweep: Sweep, spec: str, split: str = "ood") -> list[str]:
 def score_order(sweep: Sweep, trial: Trial) -> tuple[int, float]:
     """Best first by the sweep's metric and mode; trials without a score last."""
     score = trial.metrics.get(sweep.metric)
-    if score is None or not math.isfinite(score):
+    if not is_score(score):
         return 1, 0.0
     return 0, -score if sweep.mode == "max" else score
 

@@ -30,7 +30,7 @@ def spec(tmp_path):
 
 def searched(n: int = 24) -> Sweep:
     """Trials whose score follows the number of loops alone; every third was stopped at step 200."""
-    draw, trials = random.Random(0), []
+    draw, trials, histories = random.Random(0), [], {}
     for index in range(n):
         loops, lr = draw.randint(2, 6), 10 ** draw.uniform(-4, -2)
         stopped = index % 3 == 0
@@ -39,8 +39,9 @@ def searched(n: int = 24) -> Sweep:
             "train.lr": str(lr), "train.lr_schedule": draw.choice(["cosine", "constant"]),
             "train.train_loops": str(loops), "train.seed": "0",
         }, {"acc/ood_val/chosen": score, "acc/ood/chosen": score / 2, "acc/id/chosen": 0.9,
-            "null/ood/hops_2/structural": 0.1, "step": 200.0 if stopped else 400.0}))
-    return Sweep(None, "search", "parent", trials, "acc/ood_val/chosen", "max")
+            "null/ood/hops_2/structural": 0.1}, frozenset({"acc/ood_val/chosen"})))
+        histories[f"run{index}"] = {"acc/ood_val/chosen": {step: score for step in range(100, 201 if stopped else 401, 100)}}
+    return Sweep(None, "search", "parent", trials, "acc/ood_val/chosen", "max", histories)
 
 
 def test_the_study_lists_every_trial_best_first_with_the_stopped_ones_marked(spec):
@@ -54,11 +55,14 @@ def test_the_study_lists_every_trial_best_first_with_the_stopped_ones_marked(spe
 
 
 def test_importances_find_the_knob_the_score_follows_and_are_the_same_every_time(spec):
-    lines = importances(searched(), spec)
-    rows = {row.split("|")[1].strip(): float(row.split("|")[2]) for row in lines if row.startswith("| train.")}
-    assert set(rows) == set(SPACE) and sum(rows.values()) == pytest.approx(1, abs=0.01)
-    assert max(rows, key=rows.get) == "train.train_loops" and rows["train.train_loops"] > 0.8
-    assert importances(searched(), spec) == lines
+    lines = importances(searched(), spec, shuffles=10)
+    cells = {row.split("|")[1].strip(): row.split("|")[2:5] for row in lines if row.startswith("| train.")}
+    found = {key: float(cell[0]) for key, cell in cells.items()}
+    assert set(found) == set(SPACE) and sum(found.values()) == pytest.approx(1, abs=0.01)
+    assert max(found, key=found.get) == "train.train_loops" and found["train.train_loops"] > 0.8
+    assert float(cells["train.train_loops"][2]) == 0.0  # no shuffle of the scores gives loops that much
+    assert float(cells["train.lr"][2]) > 0.1  # noise is what shuffles give too
+    assert importances(searched(), spec, shuffles=10) == lines
 
 
 def test_a_missing_spec_is_a_report_error_naming_it(tmp_path):
