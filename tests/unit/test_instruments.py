@@ -82,9 +82,11 @@ def test_a_registered_toy_shows_in_names_analysis_evaluation_tables_and_the_repo
 
     assert toy.tables == {"toy": [TOY_LOGIT, TOY_QUERIES]}
     tables = names.tables({**evaluation, **final})  # what a run's last report logs as tables/*.json
-    assert tables["toy"] == [
-        {"split": "id", "answer_logit": final["toy/id/answer_logit"], "queries": evaluation["toy/id/queries"]},
-        {"split": "ood", "answer_logit": final["toy/ood/answer_logit"], "queries": evaluation["toy/ood/queries"]},
+    assert tables["toy"] == [  # long form: a row per value, in metric-name order
+        {"split": "id", "measure": "answer_logit", "value": final["toy/id/answer_logit"]},
+        {"split": "id", "measure": "queries", "value": evaluation["toy/id/queries"]},
+        {"split": "ood", "measure": "answer_logit", "value": final["toy/ood/answer_logit"]},
+        {"split": "ood", "measure": "queries", "value": evaluation["toy/ood/queries"]},
     ]
     read_back = names.from_tables(tables)  # what the report reads from a run's tables (report.runs.run_tables)
     last_report = {**evaluation, **final}
