@@ -263,17 +263,21 @@ def threshold_panel(trial: Setting, title: str) -> Heatmap:
              for name in row] for row in names
         ],
     )
-    configured = tuple(threshold_label(trial.params.get(f"eval.halt_{which}")) for which in ("kl", "entropy"))
+    nats = trial.params.get("eval.halt_entropy_scale") == "nats"
+    configured = (threshold_label(trial.params.get("eval.halt_kl")),
+                  threshold_label(trial.params.get("eval.halt_entropy"), "nats" if nats else ""))
     return with_marks(panel, [Marks("configured rule", [configured], "square-open")] if configured in cell else [])
 
 
-def threshold_label(param: str | None) -> str:
-    """A threshold param (``0.01``, ``None``) as the metric names write it (``0.01``, ``off``)."""
-    return "off" if param in (None, "None") else f"{float(param):g}".replace("+", "")
+def threshold_label(param: str | None, unit: str = "") -> str:
+    """A threshold param (``0.01``, ``None``) as the metric names write it (``0.01``, ``off``; an entropy
+    in nats ``3nats``, ``unit`` given)."""
+    return "off" if param in (None, "None") else f"{float(param):g}".replace("+", "") + unit
 
 
 def threshold_order(text: str) -> float:
-    return -math.inf if text == "off" else float(text)
+    """A threshold as the metric names write it, as a number to sort by: ``off`` first, ``3nats`` as 3."""
+    return -math.inf if text == "off" else float(text.removesuffix("nats"))
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:

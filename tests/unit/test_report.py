@@ -17,7 +17,9 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from rdt_core.report import DIAGRAMS, ReportError, draw_report, pareto_front
 from rdt_core.report.__main__ import main
-from rdt_core.report.diagrams import depth, draw_export, grokking, halting, overthinking, param_label, trained_loops_panel
+from rdt_core.report.diagrams import (
+    depth, draw_export, grokking, halting, overthinking, param_label, threshold_panel, trained_loops_panel,
+)
 from rdt_core.report.export import export_sweep, load_export
 from rdt_core.report.render import PLOTLY_JS
 from rdt_core.report.runs import REPLICATE_PARAM, Spread, Sweep, Trial, group_replicates, load_sweep
@@ -401,3 +403,16 @@ def test_a_sampled_value_in_a_legend_is_shown_to_three_significant_digits():
     assert [param_label("train.train_loops", "4"), param_label("data.inferred_ratio", "2.5")] == ["train_loops=4", "φ=2.5"]
     assert param_label("train.loops_sampling", "poisson") == "loops_sampling=poisson"
     assert param_label("train.weight_decay", "0.1") == "weight_decay=0.1"
+
+
+def test_a_threshold_grid_in_nats_draws_and_marks_its_configured_rule():
+    """The paper's thresholds are absolute (entropy below 3.0 nats): rules named ``kl_0.01_h_3nats``."""
+    metrics = {f"halting/id/{rule}/{stat}": value for rule, acc in
+               [("kl_0.01_h_off", 0.5), ("kl_0.01_h_0.35nats", 0.4), ("kl_0.01_h_3nats", 0.45), ("kl_off_h_3nats", 0.2)]
+               for stat, value in (("acc", acc), ("mean_loops", 6.0))}
+    params = {"eval.halt_kl": "0.01", "eval.halt_entropy": "3.0", "eval.halt_entropy_scale": "nats"}
+    (setting,) = group_replicates([Trial("r", "t", params, metrics)])
+    panel = threshold_panel(setting, "grid")
+    assert panel.x == ["off", "0.01"] and panel.y == ["off", "0.35nats", "3nats"]
+    assert panel.values[2] == [0.2, 0.45]
+    assert panel.marks[0].points == [("0.01", "3nats")]
