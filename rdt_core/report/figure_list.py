@@ -45,6 +45,7 @@ from rdt_core.report.diagrams import DIAGRAMS, draw_sweep
 from rdt_core.report.export import load_export
 from rdt_core.report.figures import LINE_FIGURES
 from rdt_core.report import numbers, search
+from rdt_core.report.numbers import OPTION_CHECKS
 from rdt_core.report.runs import ReportError
 
 TABLES = {**numbers.TABLES, **search.TABLES}
@@ -117,7 +118,8 @@ def sweep_figures(path: Path, name: str, entry: Any, export: Path) -> SweepFigur
         if not (isinstance(table, dict) and len(table) == 1):
             raise ReportError(f"{path}: {where}.numbers[{index}]: expected one `kind: {{options}}`")
         (kind, options), = table.items()
-        options = checked_options(path, f"{where}.numbers[{index}].{kind}", kind, options, TABLES, 1)
+        options = checked_options(path, f"{where}.numbers[{index}].{kind}", kind, options, TABLES, 1,
+                                  OPTION_CHECKS.get(kind))
         if "spec" in options:  # a sweep spec (the search tables' ranges), relative to the list like the rest
             options["spec"] = str(path.parent / options["spec"])
         numbers.append((kind, options))
@@ -139,16 +141,19 @@ def check_keys(path: Path, mapping: dict, known: tuple[str, ...], prefix: str) -
 
 
 def checked_options(
-    path: Path, where: str, kind: str, options: Any, known: dict[str, Callable], positional: int
+    path: Path, where: str, kind: str, options: Any, known: dict[str, Callable], positional: int,
+    check: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """The options of ``kind``, checked to be what its function in ``known`` takes after its ``positional``
-    arguments (the sweep, the path of a figure): a misspelt or missing option fails here, not half-way
-    through drawing."""
+    arguments (the sweep, the path of a figure), then by ``check`` (what they hold inside, a TypeError): a
+    misspelt or missing option fails here, not half-way through drawing."""
     if kind not in known:
         raise ReportError(f"{path}: {where}: unknown kind (known: {', '.join(known)})")
     options = shaped(path, where, options, dict)
     try:
         inspect.signature(known[kind]).bind(*[None] * positional, **options)
+        if check is not None:
+            check(options)
     except TypeError as error:
         raise ReportError(f"{path}: {where}: {error}") from None
     return options

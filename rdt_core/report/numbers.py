@@ -665,21 +665,11 @@ def over_seeds(sweep: Sweep, rows: list[dict[str, Any]]) -> list[str]:
     return [*table(header, lines), SEED_IS_THE_UNIT.format(m=m), ""]
 
 
-class RowCheckedSignature(inspect.Signature):
-    """``over_seeds``'s signature, which checks its rows as it binds: a figure list checks a table's
-    options by binding them to its function's signature (``figure_list.checked_options``), so a row's
-    unknown test or misspelt key is refused there, naming the list's file and the key, before anything
-    is drawn."""
-
-    def bind(self, *args: Any, **kwargs: Any) -> inspect.BoundArguments:
-        bound = super().bind(*args, **kwargs)
-        check_rows(bound.arguments["rows"])
-        return bound
-
-
 def check_rows(rows: Any) -> None:
     """Each row of ``over_seeds`` names a known test and only the options its function takes (a
-    TypeError, as a binding's is)."""
+    TypeError, as a binding's is): a figure list checks it with the table's own options
+    (``OPTION_CHECKS``), so a row's unknown test or misspelt key is refused naming the list's file and
+    the key, before anything is drawn."""
     if not isinstance(rows, list):
         raise TypeError(f"rows: expected a list of tests, got {rows!r}")
     for index, spec in enumerate(rows):
@@ -690,9 +680,6 @@ def check_rows(rows: Any) -> None:
             inspect.signature(SEED_TESTS[test]).bind(None, **{k: v for k, v in spec.items() if k != "test"})
         except TypeError as error:
             raise TypeError(f"rows[{index}] ({test}): {error}") from None
-
-
-over_seeds.__signature__ = RowCheckedSignature.from_callable(over_seeds)
 
 
 TABLES: dict[str, Callable[..., list[str]]] = {
@@ -711,3 +698,5 @@ TABLES: dict[str, Callable[..., list[str]]] = {
     "permutation": permutation,
     "over_seeds": over_seeds,
 }
+# What a table's options hold beyond what its signature says: checked where the options are (a TypeError).
+OPTION_CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {"over_seeds": lambda options: check_rows(options["rows"])}
