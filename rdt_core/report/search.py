@@ -63,17 +63,23 @@ def param_value(trial: Trial, key: str, distribution: optuna.distributions.BaseD
     return int(float(text)) if isinstance(distribution, optuna.distributions.IntDistribution) else float(text)
 
 
-def in_memory_study(
-    sweep: Sweep, space: dict[str, optuna.distributions.BaseDistribution], scores: list[float] | None = None
-) -> optuna.Study:
-    """The sweep's scored trials as a finished Optuna study: each trial's drawn values and its final score,
-    or ``scores`` in their place (in the order of the scored trials: a permutation null)."""
+def scored_trials(
+    sweep: Sweep, space: dict[str, optuna.distributions.BaseDistribution]
+) -> tuple[list[dict[str, Any]], list[float]]:
+    """The drawn values and the final score of each trial that has a score, in the same order."""
     scored = [trial for trial in sweep.trials if is_score(trial.metrics.get(sweep.metric))]
-    values = scores if scores is not None else [trial.metrics[sweep.metric] for trial in scored]
-    study = optuna.create_study(direction="maximize" if sweep.mode == "max" else "minimize")
-    for trial, value in zip(scored, values):
-        params = {key: param_value(trial, key, distribution) for key, distribution in space.items()}
-        study.add_trial(optuna.trial.create_trial(params=params, distributions=space, value=value))
+    drawn = [{key: param_value(trial, key, distribution) for key, distribution in space.items()} for trial in scored]
+    return drawn, [trial.metrics[sweep.metric] for trial in scored]
+
+
+def finished_study(
+    drawn: list[dict[str, Any]], scores: list[float], space: dict[str, optuna.distributions.BaseDistribution],
+    mode: str,
+) -> optuna.Study:
+    """An in-memory Optuna study of finished trials: each trial's drawn values and its score."""
+    study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
+    for params, score in zip(drawn, scores):
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=space, value=score))
     return study
 
 
@@ -93,20 +99,19 @@ def importances(sweep: Sweep, spec: str, shuffles: int = 50) -> list[str]:
     draws), and the share of draws that give the key at least its importance (a permutation p): with a
     dozen trials, a forest finds some structure in noise too, and 1/k each is no null."""
     space = searched_space(spec)
-    study = in_memory_study(sweep, space)
-    if len(study.trials) < 3:
-        return [f"Too few finished trials ({len(study.trials)}) for parameter importances.", ""]
-    found = fanova(study)
-    scores = [trial.value for trial in study.trials]
+    drawn, scores = scored_trials(sweep, space)
+    if len(scores) < 3:
+        return [f"Too few finished trials ({len(scores)}) for parameter importances.", ""]
+    found = fanova(finished_study(drawn, scores, space, sweep.mode))
     null: dict[str, list[float]] = {key: [] for key in found}
     for draw in range(shuffles):
         shuffled = random.Random(draw).sample(scores, len(scores))
-        for key, value in fanova(in_memory_study(sweep, space, shuffled)).items():
+        for key, value in fanova(finished_study(drawn, shuffled, space, sweep.mode)).items():
             null[key].append(value)
     rows = [[key, f"{value:.3f}", Spread.of(null[key]).text(), f"{sum(v >= value for v in null[key]) / shuffles:.2f}"]
             for key, value in found.items()]
     intro = (f"Parameter importances for {sweep.metric} (Optuna's fANOVA, seed {IMPORTANCE_SEED}, "
-             f"{len(study.trials)} trials; each trial's score where it stopped), beside the importances of the "
+             f"{len(scores)} trials; each trial's score where it stopped), beside the importances of the "
              f"same trials with their scores shuffled ({shuffles} draws):")
     return [intro, "", *table(["param", "importance", "with scores shuffled", "p (shuffled at least as large)"], rows)]
 
