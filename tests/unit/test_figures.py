@@ -52,7 +52,7 @@ def test_the_list_of_the_results_page_loads() -> None:
     figure_list = load_figure_list(DOCS_LIST)
     assert [entry.name for entry in figure_list.sweeps] == [
         "grokking", "phi", "overthinking", "overthinking-long", "injection", "depth", "halting", "regime",
-        "depth-curriculum",
+        "depth-curriculum", "long",
     ]
     assert all(entry.export.is_file() for entry in figure_list.sweeps)
     assert figure_list.numbers == ROOT / "docs" / "numbers.md"
