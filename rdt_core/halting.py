@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from rdt_core.config import EvalConfig
+from rdt_core.metrics import rule_name
 from rdt_core.model.transformer import RecurrentDepthTransformer
 
 EntropyScale = Literal["relative", "nats"]
@@ -43,14 +44,8 @@ class HaltingRule:
 
     @property
     def name(self) -> str:
-        """``kl_0.01_h_0.1`` (relative) or ``kl_0.01_h_0.5nats``: MLflow-safe (no ``+`` or ``=``), and
-        free of ``_`` and ``/`` inside a threshold, so that a report can parse it back."""
-
-        def threshold(value: float | None) -> str:
-            return "off" if value is None else f"{value:g}".replace("+", "")
-
-        unit = "nats" if self.entropy_scale == "nats" and self.entropy is not None else ""
-        return f"kl_{threshold(self.kl)}_h_{threshold(self.entropy)}{unit}"
+        """``kl_0.01_h_0.1`` (relative) or ``kl_0.01_h_0.5nats`` (``rdt_core.metrics.rule_name``)."""
+        return rule_name(self.kl, self.entropy, self.entropy_scale == "nats")
 
     def stops(self, kl: torch.Tensor, entropy_nats: torch.Tensor, n_classes: int) -> torch.Tensor:
         """Whether each example may stop, from its KL to the previous loop and its entropy in nats (same

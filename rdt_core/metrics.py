@@ -262,9 +262,20 @@ def whole(key: str, value: Any) -> Any:
     return int(value) if key in NUMBER_FIELDS and isinstance(value, float) and value.is_integer() else value
 
 
+def rule_name(kl: float | None, entropy: float | None, entropy_in_nats: bool) -> str:
+    """A halting rule's name from its thresholds (None: off): ``kl_0.01_h_0.1`` (entropy relative to
+    ln(n_classes)) or ``kl_0.01_h_0.5nats``. MLflow-safe (no ``+`` or ``=``), and free of ``_`` and ``/``
+    inside a threshold, so that ``rule_thresholds`` reads it back."""
+
+    def threshold(value: float | None) -> str:
+        return "off" if value is None else f"{value:g}".replace("+", "")
+
+    unit = "nats" if entropy_in_nats and entropy is not None else ""
+    return f"kl_{threshold(kl)}_h_{threshold(entropy)}{unit}"
+
+
 def rule_thresholds(rule: str) -> tuple[str, str]:
-    """The KL and entropy thresholds a halting rule's name (``kl_0.01_h_0.1``, see
-    ``rdt_core.halting.HaltingRule.name``) spells: ``("0.01", "0.1")``, ``off`` for a threshold that is off."""
+    """The KL and entropy thresholds a halting rule's name (``kl_0.01_h_0.1``, see ``rule_name``) spells: ``("0.01", "0.1")``, ``off`` for a threshold that is off."""
     found = re.fullmatch(r"kl_(?P<kl>[^_/]+)_h_(?P<h>[^_/]+)", rule)
     if found is None:
         raise ValueError(f"{rule!r} is not a halting rule's name")

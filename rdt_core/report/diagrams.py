@@ -35,6 +35,7 @@ from rdt_core.metrics import (
     HALTING_RULE,
     PHASE_STEP,
     names_of,
+    rule_name,
     rule_thresholds,
 )
 from rdt_core.report.export import export_sweep, load_export
@@ -225,11 +226,11 @@ def rule_series(setting: Setting, name: str) -> Series:
         if named("mean_loops", rule) in setting.metrics and named("acc", rule) in setting.metrics
     ]
 
-    def text(rule_name: str, rule: str | None) -> str:
+    def text(label: str, rule: str | None) -> str:
         if setting.n == 1:
-            return f"{name}: {rule_name}"
+            return f"{name}: {label}"
         acc, loops = setting.spread[named("acc", rule)], setting.spread[named("mean_loops", rule)]
-        return f"{name}: {rule_name}<br>accuracy {acc.text()}<br>mean loops {loops.text(2)}"
+        return f"{name}: {label}<br>accuracy {acc.text()}<br>mean loops {loops.text(2)}"
 
     return Series(name, [p[2] for p in points], [p[3] for p in points], [text(n, p) for n, p, _, _ in points])
 
@@ -263,16 +264,15 @@ def threshold_panel(trial: Setting, title: str) -> Heatmap:
              for name in row] for row in names
         ],
     )
-    nats = trial.params.get("eval.halt_entropy_scale") == "nats"
-    configured = (threshold_label(trial.params.get("eval.halt_kl")),
-                  threshold_label(trial.params.get("eval.halt_entropy"), "nats" if nats else ""))
+    configured = rule_thresholds(rule_name(threshold_param(trial, "kl"), threshold_param(trial, "entropy"),
+                                           trial.params.get("eval.halt_entropy_scale") == "nats"))
     return with_marks(panel, [Marks("configured rule", [configured], "square-open")] if configured in cell else [])
 
 
-def threshold_label(param: str | None, unit: str = "") -> str:
-    """A threshold param (``0.01``, ``None``) as the metric names write it (``0.01``, ``off``; an entropy
-    in nats ``3nats``, ``unit`` given)."""
-    return "off" if param in (None, "None") else f"{float(param):g}".replace("+", "") + unit
+def threshold_param(trial: Setting, which: str) -> float | None:
+    """The trial's configured ``eval.halt_<which>`` threshold (a param's text, ``None``: off)."""
+    param = trial.params.get(f"eval.halt_{which}")
+    return None if param in (None, "None") else float(param)
 
 
 def threshold_order(text: str) -> float:
